@@ -1,0 +1,32 @@
+# Every target sets up .venv first (about 2.5 min and 6 GB on a fresh machine).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install run demo test test-full bench format
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: demo
+
+demo: install
+	$(PY) -m spec_align.demo
+
+test: install
+	$(PY) -m pytest -m "not slow"
+
+test-full: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) scripts/bench_spec.py
+
+format: install
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .

@@ -1,0 +1,27 @@
+"""The SPEC core: pure torch, no Lightning or Hydra."""
+
+from spec_align.spec.compare import SpecResult, build_feature_maps, compare, difference_kernel
+from spec_align.spec.diff import spec_diff, spec_diff_features
+from spec_align.spec.features import (
+    CosineFeatures,
+    RandomFourierFeatures,
+    cosine_kernel,
+    estimate_sigma,
+    gaussian_kernel,
+)
+from spec_align.spec.linalg import JointCovariance
+
+__all__ = [
+    "CosineFeatures",
+    "JointCovariance",
+    "RandomFourierFeatures",
+    "SpecResult",
+    "build_feature_maps",
+    "compare",
+    "cosine_kernel",
+    "difference_kernel",
+    "estimate_sigma",
+    "gaussian_kernel",
+    "spec_diff",
+    "spec_diff_features",
+]

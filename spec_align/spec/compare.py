@@ -1,0 +1,492 @@
+"""SPEC: the differential clusters of two embeddings of the same samples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from spec_align.spec.features import (
+    KERNELS,
+    CosineFeatures,
+    RandomFourierFeatures,
+    cosine_kernel,
+    estimate_sigma,
+    gaussian_kernel,
+)
+from spec_align.spec.linalg import (
+    JointCovariance,
+    feature_space_eigh,
+    joint_features,
+    orient_columns,
+    zero_tolerance,
+)
+from spec_align.spec.validation import as_tensor, check_eta, check_pair, check_sigma
+
+__all__ = ["SpecResult", "build_feature_maps", "compare", "difference_kernel"]
+
+Sigma = float | str
+PairSource = Iterable[tuple[object, object]] | Callable[[], Iterable[tuple[object, object]]]
+
+# Rows used by sigma="auto": a seeded subsample in memory, the first rows of a stream.
+SIGMA_SAMPLES = 1000
+
+
+@dataclass
+class SpecResult:
+    """The spectrum and differential clusters of (K_x - eta * K_y) / n.
+
+    Modes are the columns of `scores`: first the positive eigenvalues in descending order
+    (clusters that x forms and y does not), then the negative ones from the most negative
+    up (clusters that y forms and x does not). Only eigenvalues that are nonzero beyond
+    float64 rounding become modes, at most `top_k` of each sign.
+
+    `scores[:, j]` is the unit-norm sample-space eigenvector of mode j, identical on the exact
+    and feature-space paths. Sign convention: each column is flipped so its entries sum to a
+    positive number (a cluster's members score highest); a contrast mode whose entries sum
+    to about zero (|sum| < 0.1 * sum |u|) is instead flipped so that the lowest-index sample
+    with |u_i| >= half the column's max is positive. `top_samples(j)` lists the highest
+    scores; `top_samples(j, largest=False)` the other pole of a contrast mode.
+
+    Attributes:
+        eigenvalues: the full spectrum, (min(n, m),) or (n,) on the exact path, descending;
+            zeros of the null space included.
+        mode_eigenvalues: eigenvalue of each mode, (num_modes,).
+        scores: per-sample mode scores, (n, num_modes).
+        num_positive: how many leading modes have positive eigenvalues.
+        spec_diff: operator norm of the difference kernel, max(lambda_max, -lambda_min).
+        names: display names of the two embeddings.
+        method: "exact" (n x n kernel) or "features" ((D_x + D_y)-square dual).
+    """
+
+    eigenvalues: Tensor
+    mode_eigenvalues: Tensor
+    scores: Tensor
+    num_positive: int
+    spec_diff: float
+    kernel: str
+    eta: float
+    sigma_x: float | None
+    sigma_y: float | None
+    rff_dim: int | None
+    seed: int
+    method: str
+    names: tuple[str, str] = ("x", "y")
+    feature_map_x: nn.Module | None = field(default=None, repr=False)
+    feature_map_y: nn.Module | None = field(default=None, repr=False)
+    mode_vectors: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def num_samples(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def num_modes(self) -> int:
+        return self.scores.shape[1]
+
+    def mode_direction(self, mode: int) -> str:
+        """Which embedding forms the cluster of `mode`: "x - y" style label with the names."""
+        first, second = self.names if mode < self.num_positive else self.names[::-1]
+        return f"{first} - {second}"
+
+    def top_samples(self, mode: int, m: int = 10, *, largest: bool = True) -> Tensor:
+        """Row indices of the `m` samples with the highest (or lowest) score in `mode`."""
+        if not 0 <= mode < self.num_modes:
+            raise IndexError(f"mode {mode} out of range: this result has {self.num_modes} modes")
+        m = min(m, self.num_samples)
+        return torch.topk(self.scores[:, mode], m, largest=largest).indices
+
+    def score(self, x: object, y: object) -> Tensor:
+        """Mode scores of new paired samples with the same feature maps, (n_new, num_modes).
+
+        The scale matches `scores` (unit eigenvectors over the original n samples).
+        """
+        if self.mode_vectors is None:
+            raise ValueError(
+                "score() needs explicit feature maps; this result came from the exact n x n "
+                "Gaussian path. Use rff_dim=... (or kernel='cosine') to score new samples"
+            )
+        x, y = as_tensor(x, "x"), as_tensor(y, "y")
+        check_pair(x, y)
+        device = self.mode_vectors.device
+        joint = _joint_features(
+            self.feature_map_x, self.feature_map_y, x.to(device), y.to(device), self.eta
+        )
+        return joint @ self.mode_vectors / math.sqrt(self.num_samples)
+
+    def to_dict(self, samples_per_mode: int = 10) -> dict:
+        """A JSON-ready summary: settings, spectrum ends and each mode's top samples."""
+        modes = []
+        for j in range(self.num_modes):
+            top = self.top_samples(j, samples_per_mode)
+            modes.append(
+                {
+                    "mode": j,
+                    "direction": self.mode_direction(j),
+                    "eigenvalue": float(self.mode_eigenvalues[j]),
+                    "top_samples": top.tolist(),
+                    "top_scores": self.scores[top, j].tolist(),
+                }
+            )
+        return {
+            "names": list(self.names),
+            "kernel": self.kernel,
+            "eta": self.eta,
+            "sigma_x": self.sigma_x,
+            "sigma_y": self.sigma_y,
+            "rff_dim": self.rff_dim,
+            "seed": self.seed,
+            "method": self.method,
+            "num_samples": self.num_samples,
+            "spec_diff": self.spec_diff,
+            "modes": modes,
+        }
+
+    def __str__(self) -> str:
+        x_name, y_name = self.names
+        kernel = self.kernel
+        if self.kernel == "gaussian":
+            kernel += f" (sigma_{x_name}={self.sigma_x:.4g}, sigma_{y_name}={self.sigma_y:.4g}"
+            kernel += f", rff_dim={self.rff_dim})" if self.rff_dim else ", exact)"
+        lines = [
+            f"SPEC {x_name} vs {y_name}: n={self.num_samples}, kernel={kernel}, eta={self.eta:g}",
+            f"SPEC-diff = {self.spec_diff:.6f}",
+        ]
+        for label, columns in (
+            (f"{x_name} - {y_name} (clusters {x_name} forms, {y_name} does not)",
+             range(self.num_positive)),
+            (f"{y_name} - {x_name} (clusters {y_name} forms, {x_name} does not)",
+             range(self.num_positive, self.num_modes)),
+        ):
+            lines.append(f"{label}: {len(columns)} modes")
+            for j in columns:
+                top = ", ".join(str(i) for i in self.top_samples(j, 8).tolist())
+                lines.append(f"  mode {j:2d}  eigenvalue {float(self.mode_eigenvalues[j]):+.5f}"
+                             f"  top samples: {top}")
+        return "\n".join(lines)
+
+
+def difference_kernel(
+    x: object,
+    y: object,
+    *,
+    kernel: str = "gaussian",
+    sigma_x: float = 1.0,
+    sigma_y: float = 1.0,
+    eta: float = 1.0,
+) -> Tensor:
+    """The exact n x n difference kernel (K_x - eta * K_y) / n in float64.
+
+    Shapes:
+        x: (n, d_x), y: (n, d_y) -> (n, n)
+    """
+    x, y = as_tensor(x, "x").to(torch.float64), as_tensor(y, "y").to(torch.float64)
+    check_pair(x, y)
+    check_eta(eta)
+    _check_kernel(kernel)
+    if kernel == "cosine":
+        return (cosine_kernel(x) - eta * cosine_kernel(y)) / x.shape[0]
+    check_sigma(sigma_x, "sigma_x")
+    check_sigma(sigma_y, "sigma_y")
+    return (gaussian_kernel(x, sigma_x) - eta * gaussian_kernel(y, sigma_y)) / x.shape[0]
+
+
+def build_feature_maps(
+    dim_x: int,
+    dim_y: int,
+    *,
+    kernel: str,
+    sigma_x: float | None,
+    sigma_y: float | None,
+    rff_dim: int | None,
+    seed: int,
+) -> tuple[nn.Module, nn.Module]:
+    """Feature maps of both embeddings: cosine (exact) or seeded random Fourier features.
+
+    Both Gaussian maps use `seed`, so they share their standard-normal draws, each scaled by
+    its own sigma (common random numbers): each map is still an unbiased feature map, the
+    noise of K_x - K_y partly cancels, and identical embeddings give exactly zero.
+    """
+    if kernel == "cosine":
+        return CosineFeatures(dim_x), CosineFeatures(dim_y)
+    return (
+        RandomFourierFeatures(dim_x, rff_dim, sigma_x, seed=seed),
+        RandomFourierFeatures(dim_y, rff_dim, sigma_y, seed=seed),
+    )
+
+
+def compare(
+    x: object,
+    y: object | None = None,
+    *,
+    kernel: str = "gaussian",
+    sigma_x: Sigma = "auto",
+    sigma_y: Sigma = "auto",
+    eta: float = 1.0,
+    rff_dim: int | None = None,
+    top_k: int = 10,
+    seed: int = 0,
+    batch_size: int = 4096,
+    names: tuple[str, str] = ("x", "y"),
+) -> SpecResult:
+    """Differential clusters of two embeddings of the same samples (SPEC).
+
+    Eigendecomposes (K_x - eta * K_y) / n. Positive eigenvalues are clusters that x forms and
+    y does not; negative ones the reverse. With explicit features (kernel="cosine", or
+    rff_dim=D for the Gaussian kernel) the spectrum comes from the (D_x + D_y)-square dual,
+    accumulated over batches in float64, and the sample scores come from a second pass, so
+    memory does not grow with n beyond the (n, num_modes) scores.
+
+    Args:
+        x: embedding 1 as (n, d_x) numpy array or tensor; or, with `y` omitted, a source of
+            (x_batch, y_batch) pairs: a re-iterable (list, DataLoader) or a function returning
+            a fresh iterator. It is read twice (covariance, then scores).
+        y: embedding 2, (n, d_y); row i of x and y is the same sample.
+        kernel: "gaussian" or "cosine".
+        sigma_x: Gaussian bandwidth of x, or "auto" (see `estimate_sigma`; a stream uses its
+            first 1000 rows).
+        sigma_y: Gaussian bandwidth of y, or "auto".
+        eta: weight of K_y, >= 0; a mode counts as positive when its cluster is more than eta
+            times as strong in x.
+        rff_dim: None for the exact kernel (Gaussian: n x n; cosine: exact normalised
+            features), or D random Fourier frequencies per embedding (2D features each).
+        top_k: modes kept at each end of the spectrum.
+        seed: seed of the random features (shared by both maps, see `build_feature_maps`).
+        batch_size: rows per batch when x and y are in memory.
+        names: display names of the two embeddings in summaries.
+
+    Returns:
+        A `SpecResult`.
+    """
+    _check_kernel(kernel)
+    check_eta(eta)
+    if rff_dim is not None and kernel == "cosine":
+        raise ValueError(
+            "rff_dim applies to kernel='gaussian' only: the cosine kernel has exact features "
+            "(z / ||z||); leave rff_dim=None"
+        )
+    if rff_dim is not None and (isinstance(rff_dim, bool) or not isinstance(rff_dim, int)
+                                or rff_dim < 1):
+        raise ValueError(f"rff_dim must be None or a positive int, got {rff_dim!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    for name, sigma in (("sigma_x", sigma_x), ("sigma_y", sigma_y)):
+        if sigma != "auto":
+            check_sigma(sigma, name)
+
+    batches = _pair_batches(x, y, batch_size)
+    settings = dict(kernel=kernel, eta=float(eta), rff_dim=rff_dim, seed=seed, names=names)
+    if kernel == "gaussian" and rff_dim is None:
+        full_x, full_y = (torch.cat(parts) for parts in zip(*batches(), strict=True))
+        return _compare_exact(full_x, full_y, sigma_x, sigma_y, top_k, settings)
+    return _compare_features(batches, sigma_x, sigma_y, top_k, settings)
+
+
+def _compare_exact(
+    x: Tensor, y: Tensor, sigma_x: Sigma, sigma_y: Sigma, top_k: int, settings: dict
+) -> SpecResult:
+    n = x.shape[0]
+    if top_k > n:
+        raise ValueError(f"top_k={top_k} exceeds the {n} eigenvalues of an n={n} kernel")
+    sigma_x = estimate_sigma(x, seed=settings["seed"]) if sigma_x == "auto" else float(sigma_x)
+    sigma_y = estimate_sigma(y, seed=settings["seed"]) if sigma_y == "auto" else float(sigma_y)
+    delta = difference_kernel(x, y, sigma_x=sigma_x, sigma_y=sigma_y, eta=settings["eta"])
+    values, vectors = torch.linalg.eigh(delta)
+    values, vectors = values.flip(0), vectors.flip(1)
+    columns, num_positive = _mode_columns(values, top_k, zero_tolerance(n, 1 + settings["eta"]))
+    scores = vectors[:, columns]
+    scores = scores * orient_columns(scores)
+    return SpecResult(
+        eigenvalues=values,
+        mode_eigenvalues=values[columns],
+        scores=scores,
+        num_positive=num_positive,
+        spec_diff=_operator_norm(values),
+        sigma_x=sigma_x,
+        sigma_y=sigma_y,
+        method="exact",
+        **settings,
+    )
+
+
+def _compare_features(
+    batches: Callable[[], Iterator[tuple[Tensor, Tensor]]],
+    sigma_x: Sigma,
+    sigma_y: Sigma,
+    top_k: int,
+    settings: dict,
+) -> SpecResult:
+    kernel, eta = settings["kernel"], settings["eta"]
+    stream = batches()
+    head, stream = _peek_rows(stream, SIGMA_SAMPLES if kernel == "gaussian" else 1)
+    head_x, head_y = (torch.cat(parts) for parts in zip(*head, strict=True))
+    if kernel == "gaussian":
+        sigma_x = estimate_sigma(head_x, seed=settings["seed"]) if sigma_x == "auto" else sigma_x
+        sigma_y = estimate_sigma(head_y, seed=settings["seed"]) if sigma_y == "auto" else sigma_y
+        sigma_x, sigma_y = float(sigma_x), float(sigma_y)
+    else:
+        sigma_x = sigma_y = None
+    map_x, map_y = build_feature_maps(
+        head_x.shape[1], head_y.shape[1], kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y,
+        rff_dim=settings["rff_dim"], seed=settings["seed"],
+    )
+    device = head_x.device
+    map_x, map_y = map_x.to(device), map_y.to(device)
+
+    m = map_x.out_dim + map_y.out_dim
+    # Features are buffered until there are more rows than features: a smaller problem is
+    # solved on the n x n side (cheaper, and no m x m matrix); a larger one switches to the
+    # streaming covariance, whose memory no longer grows with n.
+    buffered, accumulator = [], None
+    for bx, by in stream:
+        joint = _joint_features(map_x, map_y, bx.to(device), by.to(device), eta)
+        if accumulator is None and sum(len(b) for b in buffered) + len(joint) <= m:
+            buffered.append(joint)
+            continue
+        if accumulator is None:
+            accumulator = JointCovariance(map_x.out_dim, map_y.out_dim, eta, device=device)
+            for b in buffered:
+                accumulator.update_joint(b)
+            buffered = []
+        accumulator.update_joint(joint)
+    n = accumulator.num_samples if accumulator is not None else sum(len(b) for b in buffered)
+    if top_k > min(n, m):
+        raise ValueError(
+            f"top_k={top_k} exceeds the {min(n, m)} eigenvalues available "
+            f"(n={n} samples, {m} features); lower top_k"
+        )
+    tolerance = zero_tolerance(min(n, m), 1 + eta)
+    if accumulator is None:
+        psi = torch.cat(buffered) / math.sqrt(n)
+        signed_psi = torch.cat([psi[:, : map_x.out_dim], -psi[:, map_x.out_dim :]], dim=1)
+        values, vectors = torch.linalg.eigh(signed_psi @ psi.T)
+        values, vectors = values.flip(0), vectors.flip(1)
+        columns, num_positive = _mode_columns(values, top_k, tolerance)
+        scores = vectors[:, columns]
+        # Psi v = u for v = J Psi^T u / lambda: the feature-space form that scores new samples.
+        mode_vectors = signed_psi.T @ scores / values[columns] / math.sqrt(n)
+    else:
+        values, vectors = feature_space_eigh(accumulator.covariance(), map_x.out_dim, 1 + eta)
+        columns, num_positive = _mode_columns(values, top_k, tolerance)
+        mode_vectors = vectors[:, columns]
+        scores = _stream_scores(batches, map_x, map_y, mode_vectors, n, eta, device)
+    signs = orient_columns(scores)
+    spectrum = torch.cat([values, values.new_zeros(min(n, m) - values.shape[0])])
+    return SpecResult(
+        eigenvalues=spectrum.sort(descending=True).values,
+        mode_eigenvalues=values[columns],
+        scores=scores * signs,
+        num_positive=num_positive,
+        spec_diff=_operator_norm(values),
+        sigma_x=sigma_x,
+        sigma_y=sigma_y,
+        method="features",
+        feature_map_x=map_x,
+        feature_map_y=map_y,
+        mode_vectors=mode_vectors * signs,
+        **settings,
+    )
+
+
+def _stream_scores(
+    batches: Callable[[], Iterator[tuple[Tensor, Tensor]]],
+    map_x: nn.Module,
+    map_y: nn.Module,
+    mode_vectors: Tensor,
+    n: int,
+    eta: float,
+    device: torch.device,
+) -> Tensor:
+    """Second pass: sample scores from re-streaming the data through the same maps."""
+    parts, seen = [], 0
+    for bx, by in batches():
+        joint = _joint_features(map_x, map_y, bx.to(device), by.to(device), eta)
+        parts.append(joint @ mode_vectors / math.sqrt(n))
+        seen += joint.shape[0]
+    if seen != n:
+        raise ValueError(
+            f"the batch source gave {n} samples on the first pass and {seen} on the second; "
+            "it must yield the same samples in the same order each time it is iterated"
+        )
+    return torch.cat(parts)
+
+
+def _joint_features(map_x: nn.Module, map_y: nn.Module, x: Tensor, y: Tensor, eta: float) -> Tensor:
+    return joint_features(map_x(x.to(torch.float64)), map_y(y.to(torch.float64)), eta)
+
+
+def _mode_columns(values: Tensor, top_k: int, tolerance: float) -> tuple[Tensor, int]:
+    """Indices (into descending `values`) of the top_k positive, then top_k negative modes."""
+    positive = (values > tolerance).nonzero().squeeze(1)[:top_k]
+    negative = (values < -tolerance).nonzero().squeeze(1).flip(0)[:top_k]
+    return torch.cat([positive, negative]), positive.shape[0]
+
+
+def _operator_norm(values: Tensor) -> float:
+    return max(float(values.max()), -float(values.min()), 0.0)
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+
+
+def _pair_batches(
+    x: object, y: object | None, batch_size: int
+) -> Callable[[], Iterator[tuple[Tensor, Tensor]]]:
+    """A function returning a fresh, validated iterator of (x_batch, y_batch) each call."""
+    if y is not None:
+        x, y = as_tensor(x, "x"), as_tensor(y, "y")
+        check_pair(x, y)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size}")
+        return lambda: ((x[i : i + batch_size], y[i : i + batch_size])
+                        for i in range(0, x.shape[0], batch_size))
+    if callable(x):
+        factory = x
+    elif isinstance(x, Iterable) and iter(x) is not x:
+        factory = lambda: x  # noqa: E731 - a re-iterable container or DataLoader
+    elif isinstance(x, Iterable):
+        raise TypeError(
+            "the batch source is a one-shot iterator (e.g. a generator), but SPEC reads it twice; "
+            "pass a list, a DataLoader, or a function that returns a fresh iterator"
+        )
+    else:
+        raise TypeError(
+            "compare() needs x and y arrays, or one source of (x_batch, y_batch) pairs"
+        )
+    return lambda: _validated(factory())
+
+
+def _validated(pairs: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
+    empty = True
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"batch {i} of the source is not an (x_batch, y_batch) pair")
+        bx, by = as_tensor(pair[0], f"x batch {i}"), as_tensor(pair[1], f"y batch {i}")
+        check_pair(bx, by)
+        empty = False
+        yield bx, by
+    if empty:
+        raise ValueError("the batch source yielded no batches; SPEC needs at least one sample")
+
+
+def _peek_rows(
+    stream: Iterator[tuple[Tensor, Tensor]], rows: int
+) -> tuple[list[tuple[Tensor, Tensor]], Iterator[tuple[Tensor, Tensor]]]:
+    """Read batches until `rows` rows are buffered; return them and the whole stream again."""
+    head, count = [], 0
+    for pair in stream:
+        head.append(pair)
+        count += pair[0].shape[0]
+        if count >= rows:
+            break
+
+    def replay() -> Iterator[tuple[Tensor, Tensor]]:
+        yield from head
+        yield from stream
+
+    return head, replay()

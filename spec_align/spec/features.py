@@ -1,0 +1,164 @@
+"""Kernels and their explicit feature maps.
+
+Both kernels are normalised, k(z, z) = 1, so every spectrum of K/n sums to one and
+tr((K_x - eta * K_y) / n) = 1 - eta on every path (spec_math.md section 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from spec_align.spec.validation import check_sigma
+
+__all__ = [
+    "KERNELS",
+    "CosineFeatures",
+    "RandomFourierFeatures",
+    "cosine_kernel",
+    "estimate_sigma",
+    "gaussian_kernel",
+    "normalize_rows",
+]
+
+KERNELS = ("gaussian", "cosine")
+
+
+def normalize_rows(z: Tensor) -> Tensor:
+    """Scale every row to unit Euclidean norm.
+
+    Shapes:
+        z: (n, d) -> (n, d)
+    """
+    norms = z.norm(dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        row = int((norms.squeeze(1) == 0).nonzero()[0])
+        raise ValueError(
+            f"row {row} of the embedding is all zeros, so its cosine kernel is undefined; "
+            "drop such samples or use kernel='gaussian'"
+        )
+    return z / norms
+
+
+def gaussian_kernel(z: Tensor, sigma: float) -> Tensor:
+    """Exact Gaussian kernel matrix exp(-||z_i - z_j||^2 / (2 sigma^2)).
+
+    Shapes:
+        z: (n, d) -> (n, n)
+    """
+    sq_norms = (z * z).sum(dim=1)
+    sq_dists = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * (z @ z.T)).clamp_min(0.0)
+    return torch.exp(-sq_dists / (2.0 * sigma**2))
+
+
+def cosine_kernel(z: Tensor) -> Tensor:
+    """Exact cosine kernel matrix <z_i, z_j> / (||z_i|| ||z_j||).
+
+    Shapes:
+        z: (n, d) -> (n, n)
+    """
+    unit = normalize_rows(z)
+    return unit @ unit.T
+
+
+def estimate_sigma(
+    z: Tensor, *, max_samples: int = 1000, scale: float = 0.5, seed: int = 0
+) -> float:
+    """Bandwidth heuristic: `scale` times the median pairwise distance.
+
+    The median is taken over all distinct pairs of a seeded subsample of at most
+    `max_samples` rows, so the cost does not grow with n. With the default scale 0.5 a pair
+    at the median distance has kernel value exp(-2) = 0.135: far samples decorrelate while
+    near ones (a cluster) stay close to 1, which is what makes clusters visible as blocks.
+    The result scales with the data, so scaling an embedding leaves its spectrum unchanged.
+
+    Args:
+        z: embeddings, (n, d).
+        max_samples: subsample size for the pairwise distances.
+        scale: multiplier on the median distance.
+        seed: seed of the subsample.
+
+    Returns:
+        sigma > 0 as a float.
+    """
+    if z.shape[0] < 2:
+        raise ValueError("sigma='auto' needs at least 2 samples; pass an explicit float sigma")
+    z = z.detach().to(torch.float64)
+    if z.shape[0] > max_samples:
+        generator = torch.Generator().manual_seed(seed)
+        z = z[torch.randperm(z.shape[0], generator=generator)[:max_samples].to(z.device)]
+    rows, cols = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
+    distances = torch.cdist(z, z)[rows, cols]
+    median = float(distances.median())
+    if median == 0.0:
+        raise ValueError(
+            "sigma='auto' found a median pairwise distance of 0 (most samples are identical); "
+            "pass an explicit float sigma"
+        )
+    return scale * median
+
+
+class CosineFeatures(nn.Module):
+    """Exact feature map of the cosine kernel: phi(z) = z / ||z||, so D = d.
+
+    Shapes:
+        forward: (n, in_dim) -> (n, in_dim)
+    """
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.out_dim = in_dim
+
+    def forward(self, z: Tensor) -> Tensor:
+        return normalize_rows(z)
+
+
+class RandomFourierFeatures(nn.Module):
+    """Seeded random Fourier features of the Gaussian kernel exp(-||z - z'||^2 / (2 sigma^2)).
+
+    phi(z) = D^-1/2 [cos(W^T z), sin(W^T z)] with the D columns of W drawn iid from
+    N(0, sigma^-2 I). Then <phi(z), phi(z')> is an unbiased estimate of the kernel and
+    ||phi(z)|| = 1 exactly. The frequencies are a buffer: the same seed gives the same map,
+    and a saved `state_dict` restores it bit for bit.
+
+    Args:
+        in_dim: embedding dimension d.
+        rff_dim: number of random frequencies D (the map has 2D outputs).
+        sigma: Gaussian bandwidth, > 0.
+        seed: seed of the frequencies.
+
+    Shapes:
+        forward: (n, in_dim) -> (n, 2 * rff_dim), in the dtype of the input.
+    """
+
+    frequencies: Tensor
+
+    def __init__(self, in_dim: int, rff_dim: int, sigma: float, seed: int = 0) -> None:
+        super().__init__()
+        check_sigma(sigma, "sigma")
+        if rff_dim < 1:
+            raise ValueError(f"rff_dim must be a positive int, got {rff_dim}")
+        self.in_dim = in_dim
+        self.rff_dim = rff_dim
+        self.out_dim = 2 * rff_dim
+        self.sigma = float(sigma)
+        self.seed = seed
+        generator = torch.Generator().manual_seed(seed)
+        frequencies = torch.randn(in_dim, rff_dim, generator=generator, dtype=torch.float64)
+        self.register_buffer("frequencies", frequencies / self.sigma)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"this feature map was built for {self.in_dim}-dim embeddings, got {z.shape[-1]}"
+            )
+        projection = z @ self.frequencies.to(device=z.device, dtype=z.dtype)
+        scale = 1.0 / math.sqrt(self.rff_dim)
+        return torch.cat([torch.cos(projection), torch.sin(projection)], dim=1) * scale
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, rff_dim={self.rff_dim}, sigma={self.sigma}, seed={self.seed}"
+

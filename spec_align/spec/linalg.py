@@ -1,0 +1,139 @@
+"""The eigen-solves behind SPEC, in float64 with symmetric solvers only.
+
+Notation (spec_math.md section 2): Psi = n^-1/2 [Phi_x, sqrt(eta) Phi_y] is (n, m) with
+m = D_x + D_y, J = diag(I_Dx, -I_Dy), the difference kernel is Delta = Psi J Psi^T (n, n) and
+its dual is M = J C with C = Psi^T Psi (m, m). Both have the same nonzero eigenvalues.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "JointCovariance",
+    "feature_space_eigh",
+    "joint_features",
+    "orient_columns",
+    "zero_tolerance",
+]
+
+
+def joint_features(phi_x: Tensor, phi_y: Tensor, eta: float) -> Tensor:
+    """The unnormalised rows of Psi, [phi_x, sqrt(eta) phi_y], in float64.
+
+    Shapes:
+        phi_x: (b, D_x), phi_y: (b, D_y) -> (b, D_x + D_y)
+    """
+    return torch.cat([phi_x.to(torch.float64), phi_y.to(torch.float64) * math.sqrt(eta)], dim=1)
+
+
+def zero_tolerance(size: int, scale: float) -> float:
+    """Eigenvalues with |lambda| below this are rounding noise of a float64 solve.
+
+    `scale` bounds the matrix norm: ||Delta|| <= 1 + eta for normalised kernels.
+    """
+    return 64.0 * size * torch.finfo(torch.float64).eps * scale
+
+
+class JointCovariance:
+    """Streaming accumulator of C = Psi^T Psi in float64; memory O(m^2), independent of n.
+
+    Each batch adds one (b, m) x (m, b) product, so the work is a single large matmul.
+
+    Args:
+        dim_x: feature dimension D_x of the first map.
+        dim_y: feature dimension D_y of the second map.
+        eta: weight of the second kernel; Psi carries sqrt(eta) on its second block.
+        device: where to accumulate.
+    """
+
+    def __init__(
+        self, dim_x: int, dim_y: int, eta: float, device: torch.device | str | None = None
+    ) -> None:
+        self.dim_x = dim_x
+        self.dim_y = dim_y
+        self.eta = float(eta)
+        self.num_samples = 0
+        self._sum = torch.zeros(dim_x + dim_y, dim_x + dim_y, dtype=torch.float64, device=device)
+
+    def update(self, phi_x: Tensor, phi_y: Tensor) -> None:
+        """Add a batch of paired features, phi_x (b, D_x) and phi_y (b, D_y)."""
+        self.update_joint(joint_features(phi_x, phi_y, self.eta))
+
+    def update_joint(self, joint: Tensor) -> None:
+        """Add a batch of joint features [phi_x, sqrt(eta) phi_y], (b, D_x + D_y)."""
+        joint = joint.to(device=self._sum.device, dtype=torch.float64)
+        self._sum.addmm_(joint.T, joint)
+        self.num_samples += joint.shape[0]
+
+    def merge_(self, other_sum: Tensor, other_count: int) -> None:
+        """Add an unnormalised sum from another process (used after an all-reduce)."""
+        self._sum += other_sum.to(self._sum)
+        self.num_samples += other_count
+
+    @property
+    def unnormalized(self) -> Tensor:
+        """The running sum Psi^T Psi * n, (m, m)."""
+        return self._sum
+
+    def covariance(self) -> Tensor:
+        """C = Psi^T Psi with the 1/n normalisation, (m, m)."""
+        if self.num_samples == 0:
+            raise ValueError("no samples were accumulated: the data source yielded no batches")
+        return self._sum / self.num_samples
+
+
+def feature_space_eigh(cov: Tensor, dim_x: int, scale: float) -> tuple[Tensor, Tensor]:
+    """Nonzero eigenpairs of M = J C through symmetric solves only.
+
+    C = F F^T with F = Q_+ S_+^1/2 from eigh(C) restricted to its numerically nonzero part
+    (rank r). Then J C = (J F) F^T shares its nonzero spectrum with the symmetric r x r
+    matrix T = F^T J F (the AB / BA lemma). If T w = lambda w, v = J F w satisfies M v = lambda v,
+    and ||Psi v||^2 = v^T C v = lambda^2, so v / |lambda| maps samples to unit-norm
+    eigenvector entries of Delta. No jitter is added: a Cholesky eps would bias every
+    eigenvalue and turn the null space into spurious +-eps modes (spec_math.md 2.4d);
+    dropping the null space of C instead is exact.
+
+    Args:
+        cov: C, (m, m), float64, symmetric positive semi-definite.
+        dim_x: D_x, the size of J's positive block.
+        scale: bound on ||Delta||, for the zero tolerance.
+
+    Returns:
+        eigenvalues (r,) sorted descending, and feature-space vectors (m, r) scaled so that
+        Psi @ v is the unit sample-space eigenvector (columns of zero eigenvalues are zero).
+    """
+    cov = (cov + cov.T) / 2
+    cov_values, cov_vectors = torch.linalg.eigh(cov)
+    keep = cov_values > zero_tolerance(cov.shape[0], max(float(cov_values[-1]), scale))
+    factor = cov_vectors[:, keep] * cov_values[keep].sqrt()
+    signed = factor.clone()
+    signed[dim_x:] *= -1  # J F
+    small = factor.T @ signed  # F^T J F
+    values, vectors = torch.linalg.eigh((small + small.T) / 2)
+    values, vectors = values.flip(0), vectors.flip(1)
+    nonzero = values.abs() > zero_tolerance(max(small.shape[0], 1), scale)
+    inverse_norm = torch.where(nonzero, 1.0 / values.abs().clamp_min(1e-300), 0.0)
+    return values, (signed @ vectors) * inverse_norm
+
+
+def orient_columns(scores: Tensor) -> Tensor:
+    """Deterministic signs for eigenvectors: +1 or -1 per column of `scores` (n, k).
+
+    A column is flipped so that its entries sum to a positive number, which puts a cluster's
+    members at the top. A contrast mode (one group up, another down, e.g. 1_A - 1_B with
+    |A| = |B|) sums to about zero and the sum's sign is noise (spec_math.md section 1); when
+    |sum| < 0.1 * sum(|u|), the column is instead flipped so that its first sample (lowest
+    row index) with |u_i| >= half the column's max is positive.
+    """
+    sums = scores.sum(dim=0)
+    magnitudes = scores.abs()
+    balanced = sums.abs() < 0.1 * magnitudes.sum(dim=0)
+    significant = magnitudes >= 0.5 * magnitudes.max(dim=0).values
+    first_significant = significant.to(torch.int8).argmax(dim=0)
+    anchor = scores.gather(0, first_significant[None, :]).squeeze(0)
+    sign_source = torch.where(balanced, anchor, sums)
+    return torch.where(sign_source < 0, -1.0, 1.0).to(scores.dtype)
