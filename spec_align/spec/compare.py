@@ -156,16 +156,22 @@ class SpecResult:
             f"SPEC-diff = {self.spec_diff:.6f}",
         ]
         for label, columns in (
-            (f"{x_name} - {y_name} (clusters {x_name} forms, {y_name} does not)",
-             range(self.num_positive)),
-            (f"{y_name} - {x_name} (clusters {y_name} forms, {x_name} does not)",
-             range(self.num_positive, self.num_modes)),
+            (
+                f"{x_name} - {y_name} (clusters {x_name} forms, {y_name} does not)",
+                range(self.num_positive),
+            ),
+            (
+                f"{y_name} - {x_name} (clusters {y_name} forms, {x_name} does not)",
+                range(self.num_positive, self.num_modes),
+            ),
         ):
             lines.append(f"{label}: {len(columns)} modes")
             for j in columns:
                 top = ", ".join(str(i) for i in self.top_samples(j, 8).tolist())
-                lines.append(f"  mode {j:2d}  eigenvalue {float(self.mode_eigenvalues[j]):+.5f}"
-                             f"  top samples: {top}")
+                lines.append(
+                    f"  mode {j:2d}  eigenvalue {float(self.mode_eigenvalues[j]):+.5f}"
+                    f"  top samples: {top}"
+                )
         return "\n".join(lines)
 
 
@@ -268,8 +274,9 @@ def compare(
             "rff_dim applies to kernel='gaussian' only: the cosine kernel has exact features "
             "(z / ||z||); leave rff_dim=None"
         )
-    if rff_dim is not None and (isinstance(rff_dim, bool) or not isinstance(rff_dim, int)
-                                or rff_dim < 1):
+    if rff_dim is not None and (
+        isinstance(rff_dim, bool) or not isinstance(rff_dim, int) or rff_dim < 1
+    ):
         raise ValueError(f"rff_dim must be None or a positive int, got {rff_dim!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
@@ -322,7 +329,7 @@ def _compare_features(
     kernel, eta = settings["kernel"], settings["eta"]
     stream = batches()
     head, stream = _peek_rows(stream, SIGMA_SAMPLES if kernel == "gaussian" else 1)
-    head_x, head_y = (torch.cat(parts) for parts in zip(*head, strict=True))
+    head_x, head_y = (torch.cat(parts)[:SIGMA_SAMPLES] for parts in zip(*head, strict=True))
     if kernel == "gaussian":
         sigma_x = estimate_sigma(head_x, seed=settings["seed"]) if sigma_x == "auto" else sigma_x
         sigma_y = estimate_sigma(head_y, seed=settings["seed"]) if sigma_y == "auto" else sigma_y
@@ -330,8 +337,13 @@ def _compare_features(
     else:
         sigma_x = sigma_y = None
     map_x, map_y = build_feature_maps(
-        head_x.shape[1], head_y.shape[1], kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y,
-        rff_dim=settings["rff_dim"], seed=settings["seed"],
+        head_x.shape[1],
+        head_y.shape[1],
+        kernel=kernel,
+        sigma_x=sigma_x,
+        sigma_y=sigma_y,
+        rff_dim=settings["rff_dim"],
+        seed=settings["seed"],
     )
     device = head_x.device
     map_x, map_y = map_x.to(device), map_y.to(device)
@@ -367,7 +379,7 @@ def _compare_features(
         columns, num_positive = _mode_columns(values, top_k, tolerance)
         scores = vectors[:, columns]
         # Psi v = u for v = J Psi^T u / lambda: the feature-space form that scores new samples.
-        mode_vectors = signed_psi.T @ scores / values[columns] / math.sqrt(n)
+        mode_vectors = signed_psi.T @ scores / values[columns]
     else:
         values, vectors = feature_space_eigh(accumulator.covariance(), map_x.out_dim, 1 + eta)
         columns, num_positive = _mode_columns(values, top_k, tolerance)
@@ -414,7 +426,9 @@ def _stream_scores(
     return torch.cat(parts)
 
 
-def _joint_features(map_x: nn.Module, map_y: nn.Module, x: Tensor, y: Tensor, eta: float) -> Tensor:
+def _joint_features(
+    map_x: nn.Module, map_y: nn.Module, x: Tensor, y: Tensor, eta: float
+) -> Tensor:
     return joint_features(map_x(x.to(torch.float64)), map_y(y.to(torch.float64)), eta)
 
 
@@ -443,8 +457,10 @@ def _pair_batches(
         check_pair(x, y)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-        return lambda: ((x[i : i + batch_size], y[i : i + batch_size])
-                        for i in range(0, x.shape[0], batch_size))
+        return lambda: (
+            (x[i : i + batch_size], y[i : i + batch_size])
+            for i in range(0, x.shape[0], batch_size)
+        )
     if callable(x):
         factory = x
     elif isinstance(x, Iterable) and iter(x) is not x:

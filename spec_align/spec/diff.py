@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from spec_align.spec.compare import Sigma, _check_kernel, build_feature_maps
-from spec_align.spec.features import cosine_kernel, estimate_sigma, gaussian_kernel
+from spec_align.spec.features import estimate_sigma, gaussian_kernel
 from spec_align.spec.linalg import feature_space_eigh, joint_features
 from spec_align.spec.validation import as_tensor, check_eta, check_pair, check_sigma
 
@@ -51,15 +51,20 @@ def spec_diff(
     if kernel == "cosine" and rff_dim is not None:
         raise ValueError("rff_dim applies to kernel='gaussian' only; leave it None for cosine")
     map_x, map_y = build_feature_maps(
-        x.shape[1], y.shape[1], kernel=kernel, sigma_x=sigma_x, sigma_y=sigma_y,
-        rff_dim=rff_dim, seed=seed,
+        x.shape[1],
+        y.shape[1],
+        kernel=kernel,
+        sigma_x=sigma_x,
+        sigma_y=sigma_y,
+        rff_dim=rff_dim,
+        seed=seed,
     )
     map_x, map_y = map_x.to(x.device), map_y.to(x.device)
     return spec_diff_features(map_x(x), map_y(y), eta=eta)
 
 
 def spec_diff_features(phi_x: Tensor, phi_y: Tensor, *, eta: float = 1.0) -> Tensor:
-    """SPEC-diff from explicit features of the same samples (phi_x @ phi_x.T = K_x), differentiable.
+    """SPEC-diff from explicit features of the same samples (phi_x phi_x^T = K_x), differentiable.
 
     Solves on the cheaper side: the n x n difference kernel when n <= D_x + D_y, otherwise the
     (D_x + D_y)-square dual. The eigenvector comes from a float64 symmetric solve without

@@ -91,7 +91,7 @@ def estimate_sigma(
         z = z[torch.randperm(z.shape[0], generator=generator)[:max_samples].to(z.device)]
     rows, cols = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
     distances = torch.cdist(z, z)[rows, cols]
-    median = float(distances.median())
+    median = float(distances.quantile(0.5))
     if median == 0.0:
         raise ValueError(
             "sigma='auto' found a median pairwise distance of 0 (most samples are identical); "
@@ -160,5 +160,6 @@ class RandomFourierFeatures(nn.Module):
         return torch.cat([torch.cos(projection), torch.sin(projection)], dim=1) * scale
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, rff_dim={self.rff_dim}, sigma={self.sigma}, seed={self.seed}"
-
+        return (
+            f"in_dim={self.in_dim}, rff_dim={self.rff_dim}, sigma={self.sigma}, seed={self.seed}"
+        )

@@ -1,4 +1,4 @@
-"""Input checks shared by the SPEC entry points: each error says what was wrong and how to fix it."""
+"""Input checks for the SPEC entry points; each error says what was wrong and how to fix it."""
 
 from __future__ import annotations
 
@@ -64,4 +64,6 @@ def check_sigma(sigma: object, name: str) -> None:
 def check_eta(eta: float) -> None:
     """Check the weight on the second kernel."""
     if not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite float >= 0 (1.0 compares on equal terms), got {eta}")
+        raise ValueError(
+            f"eta must be a finite float >= 0 (1.0 compares on equal terms), got {eta}"
+        )
