@@ -89,13 +89,16 @@ class JointCovariance:
 def feature_space_eigh(cov: Tensor, dim_x: int, scale: float) -> tuple[Tensor, Tensor]:
     """Nonzero eigenpairs of M = J C through symmetric solves only.
 
-    C = F F^T with F = Q_+ S_+^1/2 from eigh(C) restricted to its numerically nonzero part
-    (rank r). Then J C = (J F) F^T shares its nonzero spectrum with the symmetric r x r
-    matrix T = F^T J F (the AB / BA lemma). If T w = lambda w, v = J F w satisfies M v = lambda v,
-    and ||Psi v||^2 = v^T C v = lambda^2, so v / |lambda| maps samples to unit-norm
-    eigenvector entries of Delta. No jitter is added: a Cholesky eps would bias every
-    eigenvalue and turn the null space into spurious +-eps modes (spec_math.md 2.4d);
-    dropping the null space of C instead is exact.
+    With any factor C = F F^T, J C = (J F) F^T shares its nonzero spectrum with the symmetric
+    matrix T = F^T J F (the AB / BA lemma). If T w = lambda w, v = J F w satisfies
+    M v = lambda v, and ||Psi v||^2 = v^T C v = lambda^2, so v / |lambda| maps samples to
+    unit-norm eigenvector entries of Delta.
+
+    F is the Cholesky factor of C, without jitter: an eps * I would bias every eigenvalue
+    and turn the null space into spurious +-eps modes (spec_math.md 2.4d). Cholesky is
+    backward stable, so when it succeeds the eigenvalues are exact to O(eps ||C||) even for
+    an ill-conditioned C. When it fails (C singular, e.g. duplicated samples), F comes from
+    eigh(C) restricted to its numerically nonzero part, which drops the null space exactly.
 
     Args:
         cov: C, (m, m), float64, symmetric positive semi-definite.
@@ -103,13 +106,16 @@ def feature_space_eigh(cov: Tensor, dim_x: int, scale: float) -> tuple[Tensor, T
         scale: bound on ||Delta||, for the zero tolerance.
 
     Returns:
-        eigenvalues (r,) sorted descending, and feature-space vectors (m, r) scaled so that
-        Psi @ v is the unit sample-space eigenvector (columns of zero eigenvalues are zero).
+        eigenvalues (r,) sorted descending (r = rank of the factor), and feature-space
+        vectors (m, r) scaled so that Psi @ v is the unit sample-space eigenvector (columns
+        of zero eigenvalues are zero).
     """
     cov = (cov + cov.T) / 2
-    cov_values, cov_vectors = torch.linalg.eigh(cov)
-    keep = cov_values > zero_tolerance(cov.shape[0], max(float(cov_values[-1]), scale))
-    factor = cov_vectors[:, keep] * cov_values[keep].sqrt()
+    factor, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0:
+        cov_values, cov_vectors = torch.linalg.eigh(cov)
+        keep = cov_values > zero_tolerance(cov.shape[0], max(float(cov_values[-1]), scale))
+        factor = cov_vectors[:, keep] * cov_values[keep].sqrt()
     signed = factor.clone()
     signed[dim_x:] *= -1  # J F
     small = factor.T @ signed  # F^T J F

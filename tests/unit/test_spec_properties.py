@@ -237,3 +237,14 @@ def test_penalty_zero_for_matched_rows_and_not_for_mismatched():
     for kwargs in (dict(kernel="cosine"), dict(sigma_x=2.0, sigma_y=2.0, rff_dim=256)):
         assert float(spec_diff(x, x, **kwargs)) < 1e-12
         assert float(spec_diff(x, x[mismatch], **kwargs)) > 0.1
+
+
+def test_singular_covariance_gives_no_spurious_modes():
+    """20 distinct samples repeated 15 times: n = 300 > m = 50 but rank(C) = 20 < m."""
+    x, y = _random_pair(n=20, d_x=30, d_y=20)
+    x, y = x.repeat(15, 1), y.repeat(15, 1)
+    result = compare(x, y, kernel="cosine", top_k=5)
+    exact_values, _ = _exact_eigh(difference_kernel(x, y, kernel="cosine"))
+    torch.testing.assert_close(result.eigenvalues[:5], exact_values[:5], atol=1e-12, rtol=0)
+    torch.testing.assert_close(result.eigenvalues[-5:], exact_values[-5:], atol=1e-12, rtol=0)
+    assert (result.eigenvalues.abs() > 1e-10).sum() == (exact_values.abs() > 1e-10).sum() <= 20
