@@ -1,0 +1,93 @@
+"""Run a frozen reference encoder once over shards and cache its embedding per sample key.
+
+    python scripts/precompute_ref.py --shards '/data/train-{000000..000127}.tar' \
+        --encoder spec_align.encoders.dinov2:DinoV2Encoder \
+        --out /data/ref-dinov2 --num-workers 8 --device cuda
+
+`--encoder` is `module:attribute`: an nn.Module instance, or a class or factory that is called
+with `--encoder-kwargs` and returns the encoder (images (B, 3, H, W) -> (B, d)). Its
+`eval_transform` attribute is the preprocessing unless `--transform` names another callable
+(PIL image -> tensor). Train with `data.ref_cache=/data/ref-dinov2`; samples are paired with
+embeddings by key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+
+from spec_align.data.ref_cache import RefCache, compute_ref_cache
+from spec_align.data.wds import ResizeToTensor
+
+
+def load_object(spec: str) -> object:
+    """Import `module:attribute` (the attribute may be dotted)."""
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise ValueError(f"expected module:attribute, got {spec!r}")
+    obj = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_encoder(spec: str, kwargs: dict | None = None) -> Callable:
+    """An nn.Module instance as is; a class or factory is called with `kwargs`."""
+    obj = load_object(spec)
+    return obj if isinstance(obj, torch.nn.Module) else obj(**(kwargs or {}))
+
+
+def load_transform(spec: str, kwargs: dict | None = None) -> Callable:
+    """A transform callable as is; a class, or anything given `kwargs`, is called first."""
+    obj = load_object(spec)
+    return obj(**(kwargs or {})) if inspect.isclass(obj) or kwargs else obj
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", required=True, help="shard pattern, list with '::', or URLs")
+    parser.add_argument("--encoder", required=True, help="module:attribute of the encoder")
+    parser.add_argument("--encoder-kwargs", type=json.loads, default=None, help="JSON dict")
+    parser.add_argument("--transform", default=None, help="module:attribute of a transform")
+    parser.add_argument("--transform-kwargs", type=json.loads, default=None, help="JSON dict")
+    parser.add_argument("--image-size", type=int, default=224, help="default transform's size")
+    parser.add_argument("--out", required=True, help="cache directory")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> RefCache:
+    args = parse_args(argv)
+    encoder = load_encoder(args.encoder, args.encoder_kwargs)
+    if args.transform is not None:
+        transform = load_transform(args.transform, args.transform_kwargs)
+    else:
+        transform = getattr(encoder, "eval_transform", None) or ResizeToTensor(args.image_size)
+    cache = compute_ref_cache(
+        args.shards,
+        encoder,
+        args.out,
+        transform=transform,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=args.dtype,
+        meta={"encoder": args.encoder, "encoder_kwargs": args.encoder_kwargs},
+    )
+    print(f"cached {len(cache)} embeddings of dim {cache.dim} in {args.out}")
+    if cache.meta.get("skipped"):
+        print(f"skipped {cache.meta['skipped']} corrupt samples or shard remainders")
+    return cache
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

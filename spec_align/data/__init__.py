@@ -1,0 +1,64 @@
+"""Data layer: webdataset pipelines, the Lightning datamodule, built-in datasets, ref caches."""
+
+from spec_align.data.ref_cache import (
+    RefCache,
+    RefCacheMissError,
+    compute_ref_cache,
+    write_ref_cache,
+)
+from spec_align.data.shards import (
+    ShardSet,
+    check_shard_count,
+    expand_shards,
+    images_from_csv,
+    images_from_folder,
+    make_shards,
+    read_sizes,
+    write_shards,
+)
+from spec_align.data.wds import (
+    ResizeToTensor,
+    SharedEpoch,
+    SkipCounter,
+    build_eval_pipeline,
+    build_train_pipeline,
+    collate,
+    decode_sample,
+)
+
+__all__ = [
+    "DATASETS",
+    "DataWaitTimer",
+    "RefCache",
+    "RefCacheMissError",
+    "ResizeToTensor",
+    "ShardSet",
+    "SharedEpoch",
+    "SkipCounter",
+    "WdsDataModule",
+    "build_eval_pipeline",
+    "build_train_pipeline",
+    "check_shard_count",
+    "collate",
+    "compute_ref_cache",
+    "decode_sample",
+    "expand_shards",
+    "images_from_csv",
+    "images_from_folder",
+    "make_shards",
+    "read_sizes",
+    "write_ref_cache",
+    "write_shards",
+]
+
+_LAZY = {"DATASETS", "DataWaitTimer", "WdsDataModule"}
+
+
+def __getattr__(name: str) -> object:
+    # The datamodule pulls in Lightning (seconds to import); shard tools and scripts do not
+    # need it, so it is imported on first access.
+    if name in _LAZY:
+        from spec_align.data import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,514 @@
+"""Webdataset pipelines: resampled training streams, ordered evaluation passes, batches.
+
+Batches are dicts (see `collate`). Decoding and batching run inside the DataLoader workers,
+so the loader is built with `batch_size=None`.
+
+Determinism: every random choice (which shard to read next, the shuffle buffer) comes from a
+`random.Random` seeded with (seed, rank, worker, epoch), where the epoch is read from a
+`SharedEpoch` at the start of each pass. The same seed, world size and worker count therefore
+give the same batches, also with persistent workers; only the interleaving of several workers'
+batches relies on the DataLoader's round-robin order (which is fixed).
+
+Corrupt data: a shard that cannot be opened or is truncated, a sample without an image or
+with an undecodable image is logged as a warning, counted in a `SkipCounter` shared by all
+workers of the process, and skipped. A reference-cache miss is not corrupt data: it raises.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import multiprocessing as mp
+import random
+import re
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.gopen import gopen
+from webdataset.utils import make_seed
+
+from spec_align.data.ref_cache import RefCache, RefCacheMissError
+from spec_align.data.shards import IMAGE_EXTENSIONS, ShardSpec, expand_shards
+
+__all__ = [
+    "ImageTransform",
+    "ResizeToTensor",
+    "SharedEpoch",
+    "SkipCounter",
+    "build_eval_pipeline",
+    "build_train_pipeline",
+    "collate",
+    "decode_sample",
+]
+
+log = logging.getLogger(__name__)
+
+ImageTransform = Callable[[Image.Image], Tensor]
+
+
+class ResizeToTensor:
+    """Default transform: RGB, bilinear resize to a square, float tensor in [0, 1].
+
+    Shapes:
+        PIL image -> (3, size, size)
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        image = image.convert("RGB")
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        # Scaling in numpy costs half as much as the same torch ops on a small image.
+        array = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+    def __repr__(self) -> str:
+        return f"ResizeToTensor(size={self.size})"
+
+
+class SharedEpoch:
+    """An epoch number shared between the main process and its DataLoader workers.
+
+    The underlying `multiprocessing.Value` travels to workers when they start (fork or spawn),
+    so persistent workers also see updates made by the main process. Create it in the process
+    that owns the DataLoader: a `Value` cannot be pickled other than into a child process.
+    """
+
+    def __init__(self, epoch: int = 0) -> None:
+        self._value = mp.Value("i", epoch)
+
+    def set(self, epoch: int) -> None:
+        self._value.value = epoch
+
+    def get(self) -> int:
+        return self._value.value
+
+
+class SkipCounter:
+    """Webdataset exception handler that logs, counts and skips bad shards and samples.
+
+    The count lives in shared memory: all DataLoader workers of one process add to it and the
+    main process reads it (`value`), cumulative over the whole run. Configuration errors
+    (`RefCacheMissError`) are re-raised instead of skipped.
+    """
+
+    def __init__(self) -> None:
+        self._value = mp.Value("q", 0)
+
+    @property
+    def value(self) -> int:
+        return self._value.value
+
+    def __call__(self, exn: Exception) -> bool:
+        if isinstance(exn, RefCacheMissError):
+            raise exn
+        with self._value.get_lock():
+            self._value.value += 1
+        log.warning("skipping corrupt data (%d skipped so far): %r", self._value.value, exn)
+        return True
+
+
+def _worker_id() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _seed(*parts: int) -> int:
+    # webdataset's make_seed hashes ints, which is stable across processes (no PYTHONHASHSEED).
+    return make_seed(*parts)
+
+
+class _ResampledShards(IterableDataset):
+    """Endless stream of dict(url=...) drawn with replacement, seeded per rank/worker/epoch."""
+
+    def __init__(self, urls: Sequence[str], seed: int, rank: int, epoch: SharedEpoch) -> None:
+        super().__init__()
+        self.urls = list(urls)
+        self.seed, self.rank, self.epoch = seed, rank, epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, _ = _worker_id()
+        rng = random.Random(_seed(self.seed, self.rank, worker, self.epoch.get(), 1))
+        while True:
+            yield {"url": self.urls[rng.randrange(len(self.urls))]}
+
+
+class _SplitShards(IterableDataset):
+    """Each shard once, split across ranks then workers (rank r, worker w of W on rank r)."""
+
+    def __init__(self, urls: Sequence[str], rank: int, world_size: int) -> None:
+        super().__init__()
+        self.urls = list(urls)
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker_id()
+        for url in self.urls[self.rank :: self.world_size][worker::num_workers]:
+            yield {"url": url}
+
+
+class _Shuffle:
+    """Shuffle buffer whose generator is seeded per rank/worker/epoch (webdataset's own uses
+    time unless given a fixed seed, which would repeat the same order every epoch)."""
+
+    def __init__(self, bufsize: int, seed: int, rank: int, epoch: SharedEpoch) -> None:
+        self.bufsize, self.seed, self.rank, self.epoch = bufsize, seed, rank, epoch
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        worker, _ = _worker_id()
+        rng = random.Random(_seed(self.seed, self.rank, worker, self.epoch.get(), 2))
+        yield from wds.filters._shuffle(src, self.bufsize, initial=self.bufsize, rng=rng)
+
+
+class _Decode:
+    """Sample dict of bytes -> decoded fields; raises on any unusable sample."""
+
+    def __init__(self, transform: ImageTransform, ref_cache: str | None) -> None:
+        self.transform = transform
+        self.ref_cache_path = ref_cache
+        self._ref_cache: RefCache | None = None
+
+    def __call__(self, sample: dict) -> dict:
+        if self.ref_cache_path is not None and self._ref_cache is None:
+            # Opened in the worker: a memory map must not be pickled into each worker.
+            self._ref_cache = RefCache(self.ref_cache_path)
+        return decode_sample(sample, self.transform, self._ref_cache)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_ref_cache": None}
+
+
+def decode_sample(
+    sample: dict, transform: ImageTransform, ref_cache: RefCache | None = None
+) -> dict:
+    """Decode one raw webdataset sample.
+
+    Args:
+        sample: dict with `__key__`, an image under one of IMAGE_EXTENSIONS, and optionally
+            `txt`, `cls`, `json`, `ref.npy` (bytes).
+        transform: PIL image -> (3, H, W) tensor.
+        ref_cache: reference embeddings by key; overrides a `ref.npy` in the sample.
+
+    Returns:
+        dict with image, text, label, key, meta and (when available) ref.
+
+    Raises:
+        ValueError: no image in the sample; PIL errors for undecodable images.
+        RefCacheMissError: `ref_cache` has no entry for the key.
+    """
+    key = sample["__key__"]
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        present = sorted(k for k in sample if not k.startswith("__"))
+        raise ValueError(f"sample {key!r} from {sample.get('__url__')} has no image: {present}")
+    try:
+        with Image.open(io.BytesIO(sample[ext])) as image:
+            # load() forces full decoding here, so truncated files fail inside the handler.
+            image.load()
+            pixels = transform(image.convert("RGB"))
+    except Exception as exn:
+        url = sample.get("__url__")
+        raise ValueError(f"undecodable image {key}.{ext} in {url}: {exn}") from exn
+    out: dict[str, Any] = {
+        "image": pixels,
+        "text": sample["txt"].decode("utf-8") if "txt" in sample else "",
+        "label": int(sample["cls"]) if "cls" in sample else -1,
+        "key": key,
+        "meta": json.loads(sample["json"]) if "json" in sample else None,
+    }
+    if ref_cache is not None:
+        out["ref"] = ref_cache[key]
+    elif "ref.npy" in sample:
+        out["ref"] = np.load(io.BytesIO(sample["ref.npy"]), allow_pickle=False)
+    return out
+
+
+def collate(samples: list[dict], num_skipped: int = 0) -> dict[str, Any]:
+    """Stack decoded samples into a batch.
+
+    Returns:
+        image: float (B, 3, H, W); text: list[str] ("" where absent); label: long (B,) (-1
+        where absent); key: list[str]; meta: list[dict | None]; ref: float (B, d), present only
+        when every sample has one; num_skipped: long scalar, samples and shard remainders
+        skipped so far by this process's loader (all workers together, whole run).
+
+    Raises:
+        ValueError: some samples of the batch have a reference embedding and others not.
+    """
+    batch: dict[str, Any] = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "text": [s["text"] for s in samples],
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        "key": [s["key"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+    }
+    with_ref = sum("ref" in s for s in samples)
+    if with_ref == len(samples):
+        batch["ref"] = torch.from_numpy(np.stack([s["ref"] for s in samples])).float()
+    elif with_ref:
+        missing = [s["key"] for s in samples if "ref" not in s][:5]
+        raise ValueError(
+            f"{len(samples) - with_ref} of {len(samples)} samples lack a ref embedding "
+            f"(e.g. {missing}); store ref.npy for every sample or pass a complete ref cache"
+        )
+    batch["num_skipped"] = torch.tensor(num_skipped, dtype=torch.long)
+    return batch
+
+
+class _Batch:
+    """Batches samples; attaches the current skip count to each batch."""
+
+    def __init__(self, batch_size: int, partial: bool, counter: SkipCounter) -> None:
+        self.batch_size, self.partial, self.counter = batch_size, partial, counter
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        buffer: list[dict] = []
+        for sample in src:
+            buffer.append(sample)
+            if len(buffer) == self.batch_size:
+                yield collate(buffer, self.counter.value)
+                buffer = []
+        if buffer and self.partial:
+            yield collate(buffer, self.counter.value)
+
+
+class _Pipeline(wds.DataPipeline):
+    """DataPipeline with an optional exact `__len__` (batches per rank) for progress bars."""
+
+    def __init__(self, *stages: Any, length: int | None = None) -> None:
+        super().__init__(*stages)
+        self.num_batches = length
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("this pipeline has no fixed length")
+        return self.num_batches
+
+
+# "<dir/>key.ext.ext2" -> key (everything before the first dot of the base name), extension.
+_MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+_BLOCK = 512
+
+
+def _octal(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256 encoding of large sizes
+        return int.from_bytes(field[1:], "big")
+    field = field.split(b"\0", 1)[0].strip()
+    return int(field, 8) if field else 0
+
+
+def _read_exact(stream: Any, size: int, what: str) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise tarfile.ReadError(f"truncated tar file: {what} has {len(data)} of {size} bytes")
+    return data
+
+
+def _tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of the regular files of a tar stream (ustar, GNU and pax headers).
+
+    A lean reader instead of `tarfile`, whose per-header Python parsing costs more than
+    decoding a small image. Unlike tarfile (and so webdataset), it raises on a stream that
+    ends without the end-of-archive block or inside a member, so truncation is never silent.
+    """
+    long_name: str | None = None
+    while True:
+        header = stream.read(_BLOCK)
+        if len(header) == 0:
+            raise tarfile.ReadError("truncated tar file: no end-of-archive block")
+        if len(header) != _BLOCK:
+            raise tarfile.ReadError(f"truncated tar file: header of {len(header)} bytes")
+        if header == bytes(_BLOCK):
+            return
+        checksum = sum(header) - sum(header[148:156]) + 8 * 32
+        if checksum != _octal(header[148:156]):
+            raise tarfile.ReadError("invalid tar header (checksum mismatch)")
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        data = _read_exact(stream, size, "member")
+        stream.read(-size % _BLOCK)  # padding to the next block
+        if kind in (b"L", b"x"):
+            # GNU long name, or pax header whose `path` record names the next member.
+            if kind == b"L":
+                long_name = data.split(b"\0", 1)[0].decode("utf-8")
+            else:
+                for record in data.decode("utf-8").splitlines():
+                    key, _, value = record.partition(" ")[2].partition("=")
+                    if key == "path":
+                        long_name = value
+            continue
+        if kind not in (b"0", b"\0"):
+            long_name = None  # directories, links, global headers carry no sample data
+            continue
+        name = long_name
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if header[257:262] == b"ustar" and prefix:
+                name = prefix.decode("utf-8") + "/" + name
+        long_name = None
+        yield name, data
+
+
+class _TarSamples:
+    """dict(url=...) stream -> raw samples (dict of extension -> bytes) grouped by key.
+
+    Replaces webdataset's tar expansion because that one accepts a truncated member as a
+    short read and a cut-off header as the end: a shard cut off mid-file would silently yield
+    a sample with damaged or missing fields. Here any read error drops the sample being
+    assembled and the rest of the shard, reported once through the handler.
+    """
+
+    def __init__(self, handler: Callable[[Exception], bool]) -> None:
+        self.handler = handler
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        for source in src:
+            url = source["url"]
+            try:
+                yield from self._read(url)
+            except Exception as exn:
+                exn.args = (*exn.args, url)
+                if not self.handler(exn):
+                    return
+
+    @staticmethod
+    def _read(url: str) -> Iterator[dict]:
+        with gopen(url) as stream:
+            current: dict | None = None
+            for name, data in _tar_members(stream):
+                match = _MEMBER_NAME.match(name)
+                if match is None or name.startswith("__"):
+                    continue
+                key, ext = match.group(1), match.group(2).lower()
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                if ext in current:
+                    raise ValueError(f"{name}: duplicate file in sample {key!r}")
+                current[ext] = data
+            if current is not None:
+                yield current
+
+
+def _sample_stages(
+    shard_source: IterableDataset,
+    transform: ImageTransform,
+    counter: SkipCounter,
+    ref_cache: str | None,
+) -> tuple[list, list]:
+    return [shard_source, _TarSamples(counter)], [
+        wds.map(_Decode(transform, ref_cache), handler=counter)
+    ]
+
+
+def build_train_pipeline(
+    urls: ShardSpec,
+    *,
+    transform: ImageTransform,
+    batch_size: int,
+    samples_per_epoch: int,
+    num_workers: int,
+    world_size: int = 1,
+    rank: int = 0,
+    shuffle_buffer: int = 1000,
+    seed: int = 0,
+    epoch: SharedEpoch | None = None,
+    counter: SkipCounter | None = None,
+    ref_cache: str | None = None,
+) -> _Pipeline:
+    """Endless resampled stream cut into epochs of a fixed number of batches per worker.
+
+    Each worker yields ceil(samples_per_epoch / (batch_size * world_size * workers)) full
+    batches per epoch, so an epoch holds at least `samples_per_epoch` samples over all ranks.
+
+    Args:
+        urls: shard spec (pattern, list or URLs; see `expand_shards`).
+        transform: PIL image -> (3, H, W) tensor.
+        batch_size: samples per batch (per rank).
+        samples_per_epoch: samples per epoch over all ranks and workers.
+        num_workers: DataLoader workers per rank (0: the main process reads).
+        world_size: number of ranks.
+        rank: this process's rank.
+        shuffle_buffer: samples held in the shuffle buffer (0 or 1: no shuffle).
+        seed: base seed.
+        epoch: shared epoch read at the start of each pass (new one at 0 if None).
+        counter: skip counter/handler (new one if None).
+        ref_cache: path of a reference cache (see `RefCache`).
+
+    Returns:
+        An IterableDataset of batches whose `len()` is the batches per epoch on this rank.
+    """
+    if samples_per_epoch < 1:
+        raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+    urls = expand_shards(urls)
+    epoch = epoch or SharedEpoch()
+    counter = counter or SkipCounter()
+    readers = max(num_workers, 1)
+    per_worker = math.ceil(samples_per_epoch / (batch_size * world_size * readers))
+    source, decode = _sample_stages(
+        _ResampledShards(urls, seed, rank, epoch), transform, counter, ref_cache
+    )
+    shuffle = [_Shuffle(shuffle_buffer, seed, rank, epoch)] if shuffle_buffer > 1 else []
+    pipeline = _Pipeline(
+        *source,
+        *shuffle,
+        *decode,
+        _Batch(batch_size, False, counter),
+        length=per_worker * readers,
+    )
+    return pipeline.with_epoch(nbatches=per_worker)
+
+
+def build_eval_pipeline(
+    urls: ShardSpec,
+    *,
+    transform: ImageTransform,
+    batch_size: int,
+    world_size: int = 1,
+    rank: int = 0,
+    max_samples: int | None = None,
+    num_workers: int = 0,
+    counter: SkipCounter | None = None,
+    ref_cache: str | None = None,
+) -> _Pipeline:
+    """One ordered pass over the shards, split by rank then worker, last batch partial.
+
+    Args:
+        urls: shard spec (pattern, list or URLs; see `expand_shards`).
+        transform: PIL image -> (3, H, W) tensor.
+        batch_size: samples per batch.
+        world_size: number of ranks.
+        rank: this process's rank.
+        max_samples: stop after about this many samples over all ranks and workers (each
+            reader takes an equal share, rounded up); None reads everything.
+        num_workers: DataLoader workers per rank (only used with max_samples).
+        counter: skip counter/handler (new one if None).
+        ref_cache: path of a reference cache.
+    """
+    urls = expand_shards(urls)
+    counter = counter or SkipCounter()
+    source, decode = _sample_stages(
+        _SplitShards(urls, rank, world_size), transform, counter, ref_cache
+    )
+    limit = []
+    if max_samples is not None:
+        share = math.ceil(max_samples / (world_size * max(num_workers, 1)))
+        limit = [wds.slice(share)]
+    return _Pipeline(*source, *decode, *limit, _Batch(batch_size, True, counter))

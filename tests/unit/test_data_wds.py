@@ -1,0 +1,274 @@
+"""Webdataset pipeline and datamodule: round trip, epochs, determinism, corrupt data, ref cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spec_align.data import (
+    RefCache,
+    RefCacheMissError,
+    ResizeToTensor,
+    SkipCounter,
+    WdsDataModule,
+    build_eval_pipeline,
+    check_shard_count,
+    compute_ref_cache,
+    expand_shards,
+    write_ref_cache,
+    write_shards,
+)
+
+NUM_SAMPLES = 96
+PER_SHARD = 16  # -> 6 shards
+
+
+def _png(index: int) -> bytes:
+    # Every pixel encodes the sample index, so an image can be traced back to its sample.
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = index % 256, index // 256, 7
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _index_of(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images from `_png` -> (B,) sample indices."""
+    rgb = (images.mean(dim=(2, 3)) * 255).round().long()
+    return rgb[:, 0] + 256 * rgb[:, 1]
+
+
+def _samples(num: int, *, with_ref: bool = False):
+    for i in range(num):
+        sample = {"__key__": f"s{i:05d}", "png": _png(i), "json": {"index": i}}
+        if i % 3:  # some samples lack caption and label
+            sample["txt"] = f"caption {i}"
+            sample["cls"] = i % 5
+        if with_ref:
+            sample["ref.npy"] = np.array([i, -i], dtype=np.float32)
+        yield sample
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    directory = tmp_path_factory.mktemp("shards")
+    return write_shards(
+        _samples(NUM_SAMPLES), directory, prefix="train", samples_per_shard=PER_SHARD
+    ).pattern
+
+
+def _datamodule(pattern, **kwargs) -> WdsDataModule:
+    defaults = dict(batch_size=8, num_workers=0, image_size=8, shuffle_buffer=32, seed=0)
+    dm = WdsDataModule(pattern, pattern, **{**defaults, **kwargs})
+    dm.setup("fit")
+    return dm
+
+
+def _keys(loader) -> list[str]:
+    return [key for batch in loader for key in batch["key"]]
+
+
+def test_round_trip_reads_back_every_sample(shards):
+    dm = _datamodule(shards, val_batch_size=10)
+    batches = list(dm.val_dataloader())
+    assert [len(b["key"]) for b in batches] == [10] * 9 + [6]  # last batch partial
+    keys = [k for b in batches for k in b["key"]]
+    assert keys == [f"s{i:05d}" for i in range(NUM_SAMPLES)]  # one shard after another, in order
+    index = torch.cat([_index_of(b["image"]) for b in batches])
+    assert index.tolist() == list(range(NUM_SAMPLES))
+    texts = [t for b in batches for t in b["text"]]
+    labels = torch.cat([b["label"] for b in batches]).tolist()
+    for i in range(NUM_SAMPLES):
+        assert texts[i] == (f"caption {i}" if i % 3 else "")
+        assert labels[i] == (i % 5 if i % 3 else -1)
+    batch = batches[0]
+    assert batch["image"].shape == (10, 3, 8, 8) and batch["image"].dtype == torch.float32
+    assert batch["label"].dtype == torch.long
+    assert batch["meta"][3] == {"index": 3}
+    assert "ref" not in batch and int(batch["num_skipped"]) == 0
+
+
+def test_train_epoch_has_fixed_length_and_changes_per_epoch(shards):
+    dm = _datamodule(shards, train_samples_per_epoch=40)
+    loader = dm.train_dataloader()
+    assert len(loader) == dm.batches_per_epoch == 5  # ceil(40 / 8)
+    epoch0, epoch1 = _keys(loader), _keys(loader)
+    assert len(epoch0) == len(epoch1) == 40
+    assert epoch0 != epoch1
+    assert dm.state_dict() == {"epochs_started": 2}
+
+
+def test_train_stream_is_deterministic_under_seed(shards):
+    first = _datamodule(shards, train_samples_per_epoch=64).train_dataloader()
+    second = _datamodule(shards, train_samples_per_epoch=64).train_dataloader()
+    other = _datamodule(shards, train_samples_per_epoch=64, seed=1).train_dataloader()
+    run = [_keys(first), _keys(first)]
+    assert run == [_keys(second), _keys(second)]
+    assert run[0] != _keys(other)
+    # A resumed run continues the epoch sequence instead of repeating epoch 0.
+    resumed = _datamodule(shards, train_samples_per_epoch=64)
+    resumed.load_state_dict({"epochs_started": 1})
+    assert _keys(resumed.train_dataloader()) == run[1]
+
+
+def test_train_defaults_to_sizes_json_epoch_and_shuffles(shards):
+    dm = _datamodule(shards)
+    assert dm.train_samples_per_epoch == NUM_SAMPLES
+    keys = _keys(dm.train_dataloader())
+    assert len(keys) == NUM_SAMPLES
+    assert keys != sorted(keys)
+
+
+def test_two_workers_split_epoch_and_are_deterministic(shards):
+    dm = _datamodule(shards, num_workers=2, train_samples_per_epoch=64, persistent_workers=True)
+    loader = dm.train_dataloader()
+    assert len(loader) == 8  # 4 batches per worker
+    run = [_keys(loader), _keys(loader)]
+    assert [len(k) for k in run] == [64, 64] and run[0] != run[1]
+    again = _datamodule(shards, num_workers=2, train_samples_per_epoch=64).train_dataloader()
+    assert [_keys(again), _keys(again)] == run
+    val = _keys(dm.val_dataloader())
+    assert sorted(val) == [f"s{i:05d}" for i in range(NUM_SAMPLES)]
+
+
+def test_more_workers_than_shards_raises(shards):
+    with pytest.raises(ValueError, match=r"6 shards cannot feed 4 dataloader workers x 2 ranks"):
+        check_shard_count(6, 4, 2, "train")
+    with pytest.raises(ValueError, match="Lower num_workers to 6 or fewer"):
+        _datamodule(shards, num_workers=7)
+    check_shard_count(6, 3, 2, "train")
+    check_shard_count(1, 0, 1, "val")
+
+
+def test_missing_shards_raise_a_clear_error(tmp_path, shards):
+    with pytest.raises(FileNotFoundError, match=r"2 of 2 shards do not exist"):
+        expand_shards(str(tmp_path / "nope-{0..1}.tar"))
+    with pytest.raises(FileNotFoundError, match="1 of 7 shards"):
+        expand_shards([shards, str(tmp_path / "gone.tar")])
+    # Remote specs are passed through unchecked.
+    remote = expand_shards("pipe:curl -s https://host/d-{000..002}.tar::http://host/x.tar")
+    assert remote[0] == "pipe:curl -s https://host/d-000.tar" and len(remote) == 4
+
+
+def test_corrupt_shards_and_images_are_skipped_and_counted(tmp_path):
+    good = write_shards(_samples(32), tmp_path, prefix="good", samples_per_shard=16)
+    # A shard cut off in the middle of its data, as after an interrupted copy.
+    truncated = tmp_path / "truncated.tar"
+    with open(good.paths[1], "rb") as f:
+        data = f.read()
+    truncated.write_bytes(data[: len(data) // 2 + 100])
+    # A valid tar with an undecodable image, a sample without image, and good samples.
+    broken = write_shards(
+        [
+            {"__key__": "bad_png", "png": b"not a png at all", "txt": "x"},
+            {"__key__": "no_image", "txt": "caption without image"},
+            {"__key__": "cut_png", "png": _png(5)[:40]},
+            {"__key__": "fine", "png": _png(1)},
+        ],
+        tmp_path,
+        prefix="broken",
+        samples_per_shard=8,
+    )
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(os.urandom(3000))
+    urls = [good.paths[0], str(truncated), broken.paths[0], str(garbage)]
+    counter = SkipCounter()
+    pipeline = build_eval_pipeline(
+        urls, transform=ResizeToTensor(8), batch_size=4, counter=counter
+    )
+    batches = list(pipeline)
+    keys = [k for b in batches for k in b["key"]]
+    assert keys[:16] == [f"s{i:05d}" for i in range(16)]
+    assert "fine" in keys and not {"bad_png", "no_image", "cut_png"} & set(keys)
+    # The truncated shard yields its intact samples; its damaged tail is skipped.
+    from_truncated = [k for k in keys[16:] if k.startswith("s")]
+    assert 0 < len(from_truncated) < 16
+    # 3 bad samples + the truncated tail + the garbage file, at least one event each.
+    assert counter.value >= 5
+    assert int(batches[-1]["num_skipped"]) == counter.value
+
+
+def test_skips_are_counted_across_workers_in_the_datamodule(tmp_path):
+    good = write_shards(_samples(16), tmp_path, prefix="a", samples_per_shard=16)
+    bad = write_shards(
+        [{"__key__": f"bad{i}", "png": b"garbage"} for i in range(3)],
+        tmp_path,
+        prefix="b",
+        samples_per_shard=3,
+    )
+    urls = [good.paths[0], bad.paths[0]]
+    dm = WdsDataModule(urls, urls, num_workers=2, batch_size=4, image_size=8)
+    dm.setup("fit")
+    keys = _keys(dm.val_dataloader())
+    assert len(keys) == 16
+    assert dm.num_skipped == {"train": 0, "val": 3}
+
+
+def test_transforms_are_the_given_callables(shards):
+    def train_transform(image: Image.Image) -> torch.Tensor:
+        return torch.zeros(3, 4, 4)
+
+    def eval_transform(image: Image.Image) -> torch.Tensor:
+        return torch.ones(3, 6, 6)
+
+    dm = _datamodule(shards, train_transform=train_transform, eval_transform=eval_transform)
+    assert next(iter(dm.train_dataloader()))["image"].shape == (8, 3, 4, 4)
+    assert torch.all(next(iter(dm.val_dataloader()))["image"] == 1)
+
+
+def test_val_samples_limits_the_pass(shards):
+    assert len(_keys(_datamodule(shards, val_samples=20).val_dataloader())) == 20
+
+
+def test_ref_embeddings_stored_in_shards_reach_the_batch(tmp_path):
+    pattern = write_shards(
+        _samples(24, with_ref=True), tmp_path, prefix="r", samples_per_shard=8
+    ).pattern
+    batch = next(iter(_datamodule(pattern, shuffle_buffer=16).train_dataloader()))
+    index = torch.tensor([int(k[1:]) for k in batch["key"]], dtype=torch.float32)
+    assert torch.equal(batch["ref"], torch.stack([index, -index], dim=1))
+
+
+def test_ref_cache_pairs_embeddings_with_samples_by_key(tmp_path, shards):
+    # Encoder: mean colour, which encodes the sample index (see _png).
+    def encoder(images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3)) * 255
+
+    cache = compute_ref_cache(
+        shards, encoder, tmp_path / "cache", transform=ResizeToTensor(8), num_workers=2
+    )
+    assert len(cache) == NUM_SAMPLES and cache.dim == 3
+    assert cache.meta["skipped"] == 0 and len(cache.meta["shards"]) == 6
+    np.testing.assert_array_equal(cache["s00042"], [42, 0, 7])
+    # Shuffled, resampled, two workers: every row must still belong to its sample.
+    dm = _datamodule(
+        shards, num_workers=2, ref_cache=tmp_path / "cache", train_samples_per_epoch=64
+    )
+    for batch in dm.train_dataloader():
+        from_key = torch.tensor([int(k[1:]) for k in batch["key"]])
+        assert torch.equal(batch["ref"][:, 0].long(), from_key)
+        assert torch.equal(batch["ref"][:, 0].long(), _index_of(batch["image"]))
+
+
+def test_ref_cache_miss_raises_instead_of_skipping(tmp_path, shards):
+    keys = [f"s{i:05d}" for i in range(NUM_SAMPLES) if i != 17]
+    write_ref_cache(tmp_path / "partial", keys, np.zeros((len(keys), 4)))
+    dm = _datamodule(shards, ref_cache=tmp_path / "partial")
+    with pytest.raises(RefCacheMissError, match="'s00017' is not in the reference cache"):
+        _keys(dm.val_dataloader())
+    with pytest.raises(ValueError, match="duplicate sample keys"):
+        write_ref_cache(tmp_path / "dupe", ["a", "a"], np.zeros((2, 4)))
+    with pytest.raises(FileNotFoundError, match="not a reference cache"):
+        RefCache(tmp_path)
+
+
+def test_shards_are_plain_tars_with_one_member_per_field(shards):
+    with tarfile.open(expand_shards(shards)[0]) as tar:
+        names = tar.getnames()
+    assert names[:4] == ["s00000.json", "s00000.png", "s00001.cls", "s00001.json"]
