@@ -22,6 +22,7 @@ from spec_align.spec.linalg import (
     feature_space_eigh,
     joint_features,
     orient_columns,
+    symmetric_eigh,
     zero_tolerance,
 )
 from spec_align.spec.validation import as_tensor, check_eta, check_pair, check_sigma
@@ -52,8 +53,11 @@ class SpecResult:
     scores; `top_samples(j, largest=False)` the other pole of a contrast mode.
 
     Attributes:
-        eigenvalues: the full spectrum, (min(n, m),) or (n,) on the exact path, descending;
-            zeros of the null space included.
+        eigenvalues: the spectrum, descending. Complete, null-space zeros included ((n,) on
+            the exact path, (min(n, m),) with features), while the solved matrix is at most
+            2048-square or on a GPU; above that on a CPU, only its top_k largest and top_k
+            smallest (a Lanczos solve), and `full_spectrum` is False. spec_diff and the modes
+            are exact either way.
         mode_eigenvalues: eigenvalue of each mode, (num_modes,).
         scores: per-sample mode scores, (n, num_modes).
         num_positive: how many leading modes have positive eigenvalues.
@@ -74,6 +78,7 @@ class SpecResult:
     rff_dim: int | None
     seed: int
     method: str
+    full_spectrum: bool = True
     names: tuple[str, str] = ("x", "y")
     feature_map_x: nn.Module | None = field(default=None, repr=False)
     feature_map_y: nn.Module | None = field(default=None, repr=False)
@@ -140,6 +145,7 @@ class SpecResult:
             "rff_dim": self.rff_dim,
             "seed": self.seed,
             "method": self.method,
+            "full_spectrum": self.full_spectrum,
             "num_samples": self.num_samples,
             "spec_diff": self.spec_diff,
             "modes": modes,
@@ -301,8 +307,8 @@ def _compare_exact(
     sigma_x = estimate_sigma(x, seed=settings["seed"]) if sigma_x == "auto" else float(sigma_x)
     sigma_y = estimate_sigma(y, seed=settings["seed"]) if sigma_y == "auto" else float(sigma_y)
     delta = difference_kernel(x, y, sigma_x=sigma_x, sigma_y=sigma_y, eta=settings["eta"])
-    values, vectors = torch.linalg.eigh(delta)
-    values, vectors = values.flip(0), vectors.flip(1)
+    values, vectors = symmetric_eigh(delta, top_k)
+    complete = values.shape[0] == n
     columns, num_positive = _mode_columns(values, top_k, zero_tolerance(n, 1 + settings["eta"]))
     scores = vectors[:, columns]
     scores = scores * orient_columns(scores)
@@ -315,6 +321,7 @@ def _compare_exact(
         sigma_x=sigma_x,
         sigma_y=sigma_y,
         method="exact",
+        full_spectrum=complete,
         **settings,
     )
 
@@ -374,21 +381,27 @@ def _compare_features(
     if accumulator is None:
         psi = torch.cat(buffered) / math.sqrt(n)
         signed_psi = torch.cat([psi[:, : map_x.out_dim], -psi[:, map_x.out_dim :]], dim=1)
-        values, vectors = torch.linalg.eigh(signed_psi @ psi.T)
-        values, vectors = values.flip(0), vectors.flip(1)
+        values, vectors = symmetric_eigh(signed_psi @ psi.T, top_k)
+        complete = values.shape[0] == n
         columns, num_positive = _mode_columns(values, top_k, tolerance)
         scores = vectors[:, columns]
         # Psi v = u for v = J Psi^T u / lambda: the feature-space form that scores new samples.
         mode_vectors = signed_psi.T @ scores / values[columns]
     else:
-        values, vectors = feature_space_eigh(accumulator.covariance(), map_x.out_dim, 1 + eta)
+        values, vectors, complete = feature_space_eigh(
+            accumulator.covariance(), map_x.out_dim, 1 + eta, top_k
+        )
         columns, num_positive = _mode_columns(values, top_k, tolerance)
         mode_vectors = vectors[:, columns]
         scores = _stream_scores(batches, map_x, map_y, mode_vectors, n, eta, device)
     signs = orient_columns(scores)
-    spectrum = torch.cat([values, values.new_zeros(min(n, m) - values.shape[0])])
+    if complete:  # the rest of the min(n, m) eigenvalues are exact zeros
+        padding = values.new_zeros(min(n, m) - values.shape[0])
+        values_shown = torch.cat([values, padding]).sort(descending=True).values
+    else:
+        values_shown = values
     return SpecResult(
-        eigenvalues=spectrum.sort(descending=True).values,
+        eigenvalues=values_shown,
         mode_eigenvalues=values[columns],
         scores=scores * signs,
         num_positive=num_positive,
@@ -396,6 +409,7 @@ def _compare_features(
         sigma_x=sigma_x,
         sigma_y=sigma_y,
         method="features",
+        full_spectrum=complete,
         feature_map_x=map_x,
         feature_map_y=map_y,
         mode_vectors=mode_vectors * signs,

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from spec_align.spec.compare import Sigma, _check_kernel, build_feature_maps
 from spec_align.spec.features import estimate_sigma, gaussian_kernel
-from spec_align.spec.linalg import feature_space_eigh, joint_features
+from spec_align.spec.linalg import feature_space_eigh, joint_features, symmetric_eigh
 from spec_align.spec.validation import as_tensor, check_eta, check_pair, check_sigma
 
 __all__ = ["spec_diff", "spec_diff_features"]
@@ -86,7 +86,7 @@ def spec_diff_features(phi_x: Tensor, phi_y: Tensor, *, eta: float = 1.0) -> Ten
             return _dominant_rayleigh_quotient(signed @ joint.T).abs().to(phi_x.dtype)
         cov = joint.T @ joint
         with torch.no_grad():
-            values, vectors = feature_space_eigh(cov, dim_x, 1 + eta)
+            values, vectors, _ = feature_space_eigh(cov, dim_x, 1 + eta, count=1)
             dominant = values.abs().argmax() if values.numel() else None
         if dominant is None or not vectors[:, dominant].any():
             # Delta = 0 up to rounding (e.g. identical embeddings): the norm and a valid
@@ -102,6 +102,6 @@ def spec_diff_features(phi_x: Tensor, phi_y: Tensor, *, eta: float = 1.0) -> Ten
 def _dominant_rayleigh_quotient(delta: Tensor) -> Tensor:
     """u^T delta u for the unit eigenvector u of the largest-|lambda| eigenvalue of `delta`."""
     with torch.no_grad():
-        values, vectors = torch.linalg.eigh((delta + delta.T) / 2)
+        values, vectors = symmetric_eigh(delta, count=1)
         u = vectors[:, values.abs().argmax()]
     return u @ delta @ u

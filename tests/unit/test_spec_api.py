@@ -255,3 +255,25 @@ def test_spec_diff_validates_inputs_too():
         spec_diff(torch.ones(3, 2), torch.ones(2, 2))
     with pytest.raises(ValueError, match="eta must be"):
         spec_diff(torch.ones(3, 2), torch.ones(3, 2), eta=-1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(sigma_x=2.0, sigma_y=1.5),  # exact n x n
+        dict(sigma_x=2.0, sigma_y=1.5, rff_dim=200),  # n x n Gram of features
+        dict(sigma_x=2.0, sigma_y=1.5, rff_dim=40),  # covariance dual
+    ],
+)
+def test_partial_lanczos_solve_matches_the_full_solve(monkeypatch, kwargs):
+    x, y = _pair(n=300)
+    full = compare(x, y, top_k=4, **kwargs)
+    monkeypatch.setattr("spec_align.spec.linalg.FULL_SOLVE_MAX", 20)
+    partial = compare(x, y, top_k=4, **kwargs)
+    assert full.full_spectrum and not partial.full_spectrum
+    assert partial.eigenvalues.shape == (8,)
+    torch.testing.assert_close(partial.eigenvalues[:4], full.eigenvalues[:4], atol=1e-12, rtol=0)
+    torch.testing.assert_close(partial.eigenvalues[4:], full.eigenvalues[-4:], atol=1e-12, rtol=0)
+    torch.testing.assert_close(partial.scores, full.scores, atol=1e-9, rtol=0)
+    assert partial.spec_diff == pytest.approx(full.spec_diff, abs=1e-13)
+    assert float(spec_diff(x, y, **kwargs)) == pytest.approx(full.spec_diff, abs=1e-12)
