@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from spec_align.spec.distributed import all_reduce_covariance, gather_rows, is_distributed
 from spec_align.spec.features import (
-    KERNELS,
     CosineFeatures,
     RandomFourierFeatures,
     cosine_kernel,
@@ -25,7 +25,13 @@ from spec_align.spec.linalg import (
     symmetric_eigh,
     zero_tolerance,
 )
-from spec_align.spec.validation import as_tensor, check_eta, check_pair, check_sigma
+from spec_align.spec.validation import (
+    as_tensor,
+    check_eta,
+    check_kernel,
+    check_pair,
+    check_sigma,
+)
 
 __all__ = ["SpecResult", "build_feature_maps", "compare", "difference_kernel"]
 
@@ -198,7 +204,7 @@ def difference_kernel(
     x, y = as_tensor(x, "x").to(torch.float64), as_tensor(y, "y").to(torch.float64)
     check_pair(x, y)
     check_eta(eta)
-    _check_kernel(kernel)
+    check_kernel(kernel)
     if kernel == "cosine":
         return (cosine_kernel(x) - eta * cosine_kernel(y)) / x.shape[0]
     check_sigma(sigma_x, "sigma_x")
@@ -243,6 +249,7 @@ def compare(
     seed: int = 0,
     batch_size: int = 4096,
     names: tuple[str, str] = ("x", "y"),
+    distributed: bool = False,
 ) -> SpecResult:
     """Differential clusters of two embeddings of the same samples (SPEC).
 
@@ -269,21 +276,16 @@ def compare(
         seed: seed of the random features (shared by both maps, see `build_feature_maps`).
         batch_size: rows per batch when x and y are in memory.
         names: display names of the two embeddings in summaries.
+        distributed: each rank of a running torch.distributed group passes its own block of
+            rows (rank 0 the first); the covariance is all-reduced and the scores gathered, so
+            every rank gets the result of one process reading all rows in rank order. Call it
+            on every rank. Needs explicit features (cosine, or rff_dim for the Gaussian).
 
     Returns:
         A `SpecResult`.
     """
-    _check_kernel(kernel)
+    check_kernel(kernel, rff_dim)
     check_eta(eta)
-    if rff_dim is not None and kernel == "cosine":
-        raise ValueError(
-            "rff_dim applies to kernel='gaussian' only: the cosine kernel has exact features "
-            "(z / ||z||); leave rff_dim=None"
-        )
-    if rff_dim is not None and (
-        isinstance(rff_dim, bool) or not isinstance(rff_dim, int) or rff_dim < 1
-    ):
-        raise ValueError(f"rff_dim must be None or a positive int, got {rff_dim!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     for name, sigma in (("sigma_x", sigma_x), ("sigma_y", sigma_y)):
@@ -292,10 +294,20 @@ def compare(
 
     batches = _pair_batches(x, y, batch_size)
     settings = dict(kernel=kernel, eta=float(eta), rff_dim=rff_dim, seed=seed, names=names)
+    if distributed and not is_distributed():
+        raise ValueError(
+            "distributed=True needs an initialised torch.distributed process group with more "
+            "than one process (e.g. under torchrun)"
+        )
     if kernel == "gaussian" and rff_dim is None:
+        if distributed:
+            raise ValueError(
+                "the exact n x n Gaussian kernel cannot be split over processes; pass rff_dim "
+                "(random Fourier features) or use kernel='cosine'"
+            )
         full_x, full_y = (torch.cat(parts) for parts in zip(*batches(), strict=True))
         return _compare_exact(full_x, full_y, sigma_x, sigma_y, top_k, settings)
-    return _compare_features(batches, sigma_x, sigma_y, top_k, settings)
+    return _compare_features(batches, sigma_x, sigma_y, top_k, settings, distributed)
 
 
 def _compare_exact(
@@ -332,11 +344,17 @@ def _compare_features(
     sigma_y: Sigma,
     top_k: int,
     settings: dict,
+    distributed: bool,
 ) -> SpecResult:
     kernel, eta = settings["kernel"], settings["eta"]
     stream = batches()
     head, stream = _peek_rows(stream, SIGMA_SAMPLES if kernel == "gaussian" else 1)
     head_x, head_y = (torch.cat(parts)[:SIGMA_SAMPLES] for parts in zip(*head, strict=True))
+    if kernel == "gaussian" and distributed:
+        # The first rows of the whole data set, as one process would see them: rank 0's
+        # block may be shorter, so every rank contributes its head, in rank order.
+        head_x = gather_rows(head_x.to(torch.float64))[:SIGMA_SAMPLES]
+        head_y = gather_rows(head_y.to(torch.float64))[:SIGMA_SAMPLES]
     if kernel == "gaussian":
         sigma_x = estimate_sigma(head_x, seed=settings["seed"]) if sigma_x == "auto" else sigma_x
         sigma_y = estimate_sigma(head_y, seed=settings["seed"]) if sigma_y == "auto" else sigma_y
@@ -358,8 +376,10 @@ def _compare_features(
     m = map_x.out_dim + map_y.out_dim
     # Features are buffered until there are more rows than features: a smaller problem is
     # solved on the n x n side (cheaper, and no m x m matrix); a larger one switches to the
-    # streaming covariance, whose memory no longer grows with n.
+    # streaming covariance, whose memory no longer grows with n. Ranks always accumulate.
     buffered, accumulator = [], None
+    if distributed:
+        accumulator = JointCovariance(map_x.out_dim, map_y.out_dim, eta, device=device)
     for bx, by in stream:
         joint = _joint_features(map_x, map_y, bx.to(device), by.to(device), eta)
         if accumulator is None and sum(len(b) for b in buffered) + len(joint) <= m:
@@ -371,6 +391,8 @@ def _compare_features(
                 accumulator.update_joint(b)
             buffered = []
         accumulator.update_joint(joint)
+    if distributed:
+        accumulator = all_reduce_covariance(accumulator)
     n = accumulator.num_samples if accumulator is not None else sum(len(b) for b in buffered)
     if top_k > min(n, m):
         raise ValueError(
@@ -393,7 +415,7 @@ def _compare_features(
         )
         columns, num_positive = _mode_columns(values, top_k, tolerance)
         mode_vectors = vectors[:, columns]
-        scores = _stream_scores(batches, map_x, map_y, mode_vectors, n, eta, device)
+        scores = _stream_scores(batches, map_x, map_y, mode_vectors, n, eta, device, distributed)
     signs = orient_columns(scores)
     if complete:  # the rest of the min(n, m) eigenvalues are exact zeros
         padding = values.new_zeros(min(n, m) - values.shape[0])
@@ -425,19 +447,23 @@ def _stream_scores(
     n: int,
     eta: float,
     device: torch.device,
+    distributed: bool,
 ) -> Tensor:
     """Second pass: sample scores from re-streaming the data through the same maps."""
-    parts, seen = [], 0
-    for bx, by in batches():
-        joint = _joint_features(map_x, map_y, bx.to(device), by.to(device), eta)
-        parts.append(joint @ mode_vectors / math.sqrt(n))
-        seen += joint.shape[0]
+    parts = [
+        _joint_features(map_x, map_y, bx.to(device), by.to(device), eta) @ mode_vectors
+        for bx, by in batches()
+    ]
+    scores = torch.cat(parts) / math.sqrt(n)
+    if distributed:
+        scores = gather_rows(scores)
+    seen = scores.shape[0]
     if seen != n:
         raise ValueError(
             f"the batch source gave {n} samples on the first pass and {seen} on the second; "
             "it must yield the same samples in the same order each time it is iterated"
         )
-    return torch.cat(parts)
+    return scores
 
 
 def _joint_features(
@@ -455,11 +481,6 @@ def _mode_columns(values: Tensor, top_k: int, tolerance: float) -> tuple[Tensor,
 
 def _operator_norm(values: Tensor) -> float:
     return max(float(values.max()), -float(values.min()), 0.0)
-
-
-def _check_kernel(kernel: str) -> None:
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
 
 
 def _pair_batches(

@@ -7,10 +7,16 @@ import math
 import torch
 from torch import Tensor
 
-from spec_align.spec.compare import Sigma, _check_kernel, build_feature_maps
+from spec_align.spec.compare import Sigma, build_feature_maps
 from spec_align.spec.features import estimate_sigma, gaussian_kernel
 from spec_align.spec.linalg import feature_space_eigh, joint_features, symmetric_eigh
-from spec_align.spec.validation import as_tensor, check_eta, check_pair, check_sigma
+from spec_align.spec.validation import (
+    as_tensor,
+    check_eta,
+    check_kernel,
+    check_pair,
+    check_sigma,
+)
 
 __all__ = ["spec_diff", "spec_diff_features"]
 
@@ -37,7 +43,7 @@ def spec_diff(
     x, y = as_tensor(x, "x"), as_tensor(y, "y")
     check_pair(x, y)
     check_eta(eta)
-    _check_kernel(kernel)
+    check_kernel(kernel, rff_dim)
     if kernel == "gaussian":
         sigma_x = estimate_sigma(x, seed=seed) if sigma_x == "auto" else sigma_x
         sigma_y = estimate_sigma(y, seed=seed) if sigma_y == "auto" else sigma_y
@@ -48,8 +54,6 @@ def spec_diff(
             x64, y64 = x.to(torch.float64), y.to(torch.float64)
             delta = (gaussian_kernel(x64, sigma_x) - eta * gaussian_kernel(y64, sigma_y)) / len(x)
             return _dominant_rayleigh_quotient(delta).abs().to(x.dtype)
-    if kernel == "cosine" and rff_dim is not None:
-        raise ValueError("rff_dim applies to kernel='gaussian' only; leave it None for cosine")
     map_x, map_y = build_feature_maps(
         x.shape[1],
         y.shape[1],

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from spec_align.spec.validation import check_sigma
 
 __all__ = [
-    "KERNELS",
     "CosineFeatures",
     "RandomFourierFeatures",
     "cosine_kernel",
@@ -22,8 +21,6 @@ __all__ = [
     "gaussian_kernel",
     "normalize_rows",
 ]
-
-KERNELS = ("gaussian", "cosine")
 
 
 def normalize_rows(z: Tensor) -> Tensor:

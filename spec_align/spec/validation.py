@@ -8,7 +8,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_tensor", "check_eta", "check_finite", "check_pair", "check_sigma"]
+__all__ = [
+    "as_tensor",
+    "check_eta",
+    "check_finite",
+    "check_kernel",
+    "check_pair",
+    "check_sigma",
+]
+
+KERNELS = ("gaussian", "cosine")
 
 
 def as_tensor(a: object, name: str) -> Tensor:
@@ -67,3 +76,18 @@ def check_eta(eta: float) -> None:
         raise ValueError(
             f"eta must be a finite float >= 0 (1.0 compares on equal terms), got {eta}"
         )
+
+
+def check_kernel(kernel: str, rff_dim: object = None) -> None:
+    """Check the kernel name and that `rff_dim` is None or a positive int for the Gaussian."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if rff_dim is None:
+        return
+    if kernel == "cosine":
+        raise ValueError(
+            "rff_dim applies to kernel='gaussian' only: the cosine kernel has exact features "
+            "(z / ||z||); leave rff_dim=None"
+        )
+    if isinstance(rff_dim, bool) or not isinstance(rff_dim, int) or rff_dim < 1:
+        raise ValueError(f"rff_dim must be None or a positive int, got {rff_dim!r}")

@@ -1,0 +1,171 @@
+"""`spec-compare` / `python -m spec_align.cli`: SPEC of two precomputed embeddings, as a report.
+
+    spec-compare clip.npy dino.npy --out reports/clip_vs_dino
+    spec-compare feats.npz feats.npz --a-key clip --b-key dino --labels labels.npy \\
+        --images paths.txt --kernel gaussian --rff-dim 1024 --top-k 8
+
+Run under `torchrun --nproc-per-node N` to split the rows over N processes (gloo/nccl); the
+report is written by rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+_PROG = "spec-compare"
+
+
+def _sigma(value: str) -> float | str:
+    return value if value == "auto" else float(value)
+
+
+def _rff_dim(value: str) -> int | str | None:
+    if value in ("auto", "none"):
+        return None if value == "none" else value
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (also used for `--help` in the docs)."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Compare two embeddings of the same samples with SPEC: which sample "
+        "clusters does A form that B does not (positive modes), and the reverse (negative).",
+    )
+    parser.add_argument("a", help="embedding A: .npy, .npz or .pt, (n, d_a); never unpickled")
+    parser.add_argument("b", help="embedding B of the same n samples in the same row order")
+    parser.add_argument("--a-key", help="array name inside A's .npz / .pt dict")
+    parser.add_argument("--b-key", help="array name inside B's .npz / .pt dict")
+    parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="display names")
+    parser.add_argument("--out", "-o", default="spec_report", help="report directory")
+    spec = parser.add_argument_group("SPEC")
+    spec.add_argument("--kernel", choices=("gaussian", "cosine"), default="gaussian")
+    spec.add_argument("--sigma-a", type=_sigma, default="auto", help="float or auto")
+    spec.add_argument("--sigma-b", type=_sigma, default="auto", help="float or auto")
+    spec.add_argument("--eta", type=float, default=1.0, help="weight of B's kernel")
+    spec.add_argument(
+        "--rff-dim",
+        type=_rff_dim,
+        default="auto",
+        help="random Fourier frequencies per embedding; 'none' = exact n x n kernel; "
+        "'auto' = exact up to 4096 samples, else 1024",
+    )
+    spec.add_argument("--top-k", type=int, default=10, help="modes per sign")
+    spec.add_argument("--seed", type=int, default=0, help="random-feature seed")
+    spec.add_argument("--batch-size", type=int, default=8192, help="rows per streamed batch")
+    sidecar = parser.add_argument_group("per-sample files (.json list, .npy, or one per line)")
+    sidecar.add_argument("--labels", help="class labels, for label purity per mode")
+    sidecar.add_argument("--class-names", help="names of integer labels (one per line / json)")
+    sidecar.add_argument("--keys", help="sample ids shown in the report")
+    sidecar.add_argument("--images", help="image paths (relative ones: to this file's folder)")
+    sidecar.add_argument("--texts", help="texts, listed per mode when there are no images")
+    report = parser.add_argument_group("report")
+    report.add_argument("--samples-per-mode", type=int, default=16)
+    report.add_argument("--title")
+    report.add_argument("--wandb", action="store_true", help="also log to W&B (WANDB_MODE)")
+    report.add_argument("--wandb-project", default="spec_align")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 with a one-line message on bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Heavy imports after parsing, so --help is instant.
+    from spec_align.explain.loading import InputError
+
+    try:
+        return _run(args)
+    except (InputError, ValueError, TypeError) as err:
+        parser.exit(2, f"{_PROG}: error: {err}\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from spec_align.explain.comparison import compare_embeddings
+    from spec_align.explain.loading import load_embedding, load_list
+    from spec_align.explain.report import log_report_to_wandb, write_report
+    from spec_align.spec.distributed import is_distributed
+
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        dist.init_process_group("gloo")  # torchrun; gloo works for the CPU tensors read here
+    try:
+        a = load_embedding(args.a, args.a_key)
+        b = load_embedding(args.b, args.b_key)
+        names = tuple(args.names or _default_names(args))
+        n = a.shape[0]
+        sidecars = {
+            name: load_list(path, n, name.replace("_", " "))
+            for name, path in (
+                ("labels", args.labels),
+                ("keys", args.keys),
+                ("image_paths", args.images),
+                ("texts", args.texts),
+            )
+            if path is not None
+        }
+        if "labels" in sidecars:
+            # Labels read from a text file are strings; integer ones can index class names.
+            sidecars["labels"] = [_as_int(label) for label in sidecars["labels"]]
+        if "image_paths" in sidecars:
+            root = Path(args.images).resolve().parent
+            sidecars["image_paths"] = [str(root / p) for p in sidecars["image_paths"]]
+        class_names = None
+        if args.class_names:
+            class_names = Path(args.class_names).read_text(encoding="utf-8").splitlines()
+        result = compare_embeddings(
+            a,
+            b,
+            kernel=args.kernel,
+            sigma_a=args.sigma_a,
+            sigma_b=args.sigma_b,
+            eta=args.eta,
+            rff_dim=args.rff_dim,
+            top_k=args.top_k,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            names=names,
+        )
+        if is_distributed() and dist.get_rank() != 0:
+            return 0
+        provenance = {"a": os.path.abspath(args.a), "b": os.path.abspath(args.b)}
+        index = write_report(
+            result,
+            args.out,
+            samples_per_mode=args.samples_per_mode,
+            class_names=class_names,
+            title=args.title,
+            provenance=provenance,
+            **sidecars,
+        )
+        print(result)
+        print(f"report: {index}")
+        if args.wandb:
+            log_report_to_wandb(args.out, project=args.wandb_project)
+        return 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _as_int(label: object) -> object:
+    if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+        return int(label)
+    return label
+
+
+def _default_names(args: argparse.Namespace) -> tuple[str, str]:
+    a = args.a_key or Path(args.a).stem
+    b = args.b_key or Path(args.b).stem
+    return (a, b) if a != b else (f"{a} (A)", f"{b} (B)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

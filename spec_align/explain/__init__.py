@@ -1,0 +1,17 @@
+"""Explaining two embeddings on a data set: streamed features, SPEC, and a readable report."""
+
+from spec_align.explain.comparison import compare_embeddings, resolve_rff_dim
+from spec_align.explain.loading import InputError, embedding_batches, load_embedding, load_list
+from spec_align.explain.report import label_purity, log_report_to_wandb, write_report
+
+__all__ = [
+    "InputError",
+    "compare_embeddings",
+    "embedding_batches",
+    "label_purity",
+    "load_embedding",
+    "load_list",
+    "log_report_to_wandb",
+    "resolve_rff_dim",
+    "write_report",
+]

@@ -1,0 +1,120 @@
+"""`compare.py`: SPEC of two configured encoders on a configured data set, as a report."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from spec_align.explain.comparison import compare_embeddings
+from spec_align.explain.extract import FeatureCache, PairTransform, extract_features
+from spec_align.explain.report import log_report_to_wandb, write_report
+
+__all__ = ["run_compare"]
+
+log = logging.getLogger(__name__)
+
+
+def run_compare(cfg: DictConfig) -> Path:
+    """Extract (or reuse cached) features of `cfg.encoder` and `cfg.ref`, compare, report.
+
+    Returns:
+        Path of the report's index.html.
+    """
+    from spec_align.data.shards import expand_shards
+    from spec_align.data.wds import build_eval_pipeline
+
+    if cfg.ref.get("encoder") is None:
+        raise ValueError(
+            "compare needs two encoders, but this ref option has no `encoder` node "
+            "(ref=none or a precomputed cache); pick e.g. ref=dinov2 or ref=tiny"
+        )
+    encoder_a, encoder_b = instantiate(cfg.encoder), instantiate(cfg.ref.encoder)
+    names = tuple(cfg.names) if cfg.get("names") else ("encoder", "ref")
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit" if cfg.split == "train" else "validate")
+    urls = expand_shards(datamodule.train_urls if cfg.split == "train" else datamodule.val_urls)
+    fingerprint = {
+        "encoder": OmegaConf.to_container(cfg.encoder, resolve=True),
+        "ref": OmegaConf.to_container(cfg.ref.encoder, resolve=True),
+        "shards": urls,
+        "max_samples": cfg.max_samples,
+    }
+    cache_dir = Path(cfg.cache_dir)
+    if FeatureCache.matches(cache_dir, fingerprint):
+        log.info("reusing cached features in %s", cache_dir)
+        cache = FeatureCache(cache_dir)
+    else:
+        sizes = [(3, e.image_size, e.image_size) for e in (encoder_a, encoder_b)]
+        pair = PairTransform(encoder_a.eval_transform, encoder_b.eval_transform, *sizes)
+        pipeline = build_eval_pipeline(
+            urls,
+            transform=pair,
+            batch_size=cfg.batch_size,
+            max_samples=cfg.max_samples,
+            num_workers=cfg.num_workers,
+        )
+        loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.num_workers)
+        cache = extract_features(
+            loader, encoder_a, encoder_b, cache_dir, split=pair.split, fingerprint=fingerprint
+        )
+    result = compare_embeddings(cache.a, cache.b, names=names, **cfg.spec)
+    keys, labels = cache.keys(), cache.labels.tolist()
+    wanted = {
+        keys[int(i)]
+        for j in range(result.num_modes)
+        for largest in (True, False)
+        for i in result.top_samples(j, cfg.report.samples_per_mode, largest=largest)
+    }
+    thumbnails = _shard_images(urls, wanted)
+    index = write_report(
+        result,
+        cfg.report.out_dir,
+        samples_per_mode=cfg.report.samples_per_mode,
+        keys=keys,
+        labels=labels,
+        class_names=(datamodule.dataset_info or {}).get("classes"),
+        texts=cache.texts(),
+        load_image=lambda i: thumbnails.get(keys[i]),
+        provenance={
+            names[0]: _describe(cfg.encoder),
+            names[1]: _describe(cfg.ref.encoder),
+            "split": cfg.split,
+            "features": str(cache_dir),
+        },
+    )
+    if cfg.report.wandb:
+        log_report_to_wandb(cfg.report.out_dir, project=cfg.report.wandb_project)
+    log.info("%s\nreport: %s", result, index)
+    return index
+
+
+def _describe(node: DictConfig) -> str:
+    """A short name of an encoder config node: class, model and weights."""
+    parts = [str(node.get("_target_", "?")).rsplit(".", 1)[-1]]
+    parts += [str(node[k]) for k in ("model_name", "pretrained") if node.get(k) is not None]
+    return " ".join(parts)
+
+
+def _shard_images(urls: list[str], wanted: set[str]) -> dict[str, Image.Image]:
+    """Decode only the `wanted` samples' images from the shards (raw tar pass, no transform)."""
+    import webdataset as wds
+
+    from spec_align.data.shards import IMAGE_EXTENSIONS
+
+    found = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        if sample["__key__"] in wanted:
+            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+            if ext is not None:
+                with Image.open(io.BytesIO(sample[ext])) as image:
+                    found[sample["__key__"]] = image.convert("RGB")
+            if len(found) == len(wanted):
+                break
+    return found

@@ -1,0 +1,70 @@
+"""Feature extraction through two encoders into the on-disk cache, and reading it back."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spec_align.explain import compare_embeddings
+from spec_align.explain.extract import FeatureCache, PairTransform, extract_features
+
+
+def _batches(n=50, batch=16):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 3, 8, 8, generator=generator)
+    for start in range(0, n, batch):
+        rows = range(start, min(start + batch, n))
+        yield {
+            "image": images[start : start + batch],
+            "key": [f"k{i}" for i in rows],
+            "label": torch.tensor([i % 3 for i in rows]),
+            "text": [f"text\n{i}" for i in rows],
+        }
+
+
+def _encoder(dim, seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, dim), nn.Dropout(0.5))
+
+
+def test_cache_round_trip_matches_in_memory_features(tmp_path):
+    enc_a, enc_b = _encoder(5, 0), _encoder(7, 1)
+    cache = extract_features(
+        _batches(), enc_a, enc_b, tmp_path / "cache", fingerprint={"a": "lin5"}, progress=False
+    )
+    assert not enc_a.training  # eval mode: dropout off, features deterministic
+    images = torch.cat([b["image"] for b in _batches()])
+    with torch.no_grad():
+        expected_a, expected_b = enc_a(images), enc_b(images)
+    assert isinstance(cache.a, np.memmap) and cache.a.shape == (50, 5) and len(cache) == 50
+    np.testing.assert_allclose(cache.a, expected_a.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(cache.b, expected_b.numpy(), rtol=1e-6)
+    assert cache.labels.tolist() == [i % 3 for i in range(50)]
+    assert cache.keys()[:2] == ["k0", "k1"] and cache.texts()[3] == "text\n3"
+    assert FeatureCache.matches(tmp_path / "cache", {"a": "lin5"})
+    assert not FeatureCache.matches(tmp_path / "cache", {"a": "other"})
+    assert not (tmp_path / "cache.partial").exists()
+    from_cache = compare_embeddings(cache.a, cache.b, kernel="cosine", top_k=2)
+    in_memory = compare_embeddings(
+        expected_a.double(), expected_b.double(), kernel="cosine", top_k=2
+    )
+    assert from_cache.mode_eigenvalues.tolist() == pytest.approx(
+        in_memory.mode_eigenvalues.tolist(), abs=1e-6
+    )
+    assert json.loads((tmp_path / "cache" / "meta.json").read_text())["num_samples"] == 50
+
+
+def test_pair_transform_round_trips_two_sizes():
+    pair = PairTransform(lambda im: im[:, :4, :4] * 2, lambda im: im, (3, 4, 4), (3, 8, 8))
+    images = torch.rand(2, 3, 8, 8)
+    flat = torch.stack([pair(im) for im in images])
+    a, b = pair.split(flat)
+    assert torch.equal(a, images[:, :, :4, :4] * 2) and torch.equal(b, images)
+
+
+def test_empty_loader_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no batches"):
+        extract_features([], _encoder(2, 0), _encoder(2, 1), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
