@@ -158,7 +158,9 @@ def embedding_batches(
                 chunk = (
                     chunk.to(torch.float64)
                     if isinstance(chunk, Tensor)
-                    else torch.from_numpy(np.asarray(chunk, dtype=np.float64))
+                    else torch.from_numpy(
+                        np.array(chunk, dtype=np.float64)
+                    )  # copy: memmaps are read-only
                 )
                 bad = ~torch.isfinite(chunk)
                 if bool(bad.any()):
