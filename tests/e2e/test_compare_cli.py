@@ -4,7 +4,6 @@ import json
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,15 +11,14 @@ import torch
 
 from spec_align.cli import main
 from spec_align.explain import compare_embeddings, load_embedding
+from tests.helpers import check_report, planted_groups
 
 # The planted data and the report checker live with the report's unit tests.
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from test_report import _planted, check_report  # noqa: E402
 
 
 @pytest.fixture
 def features(tmp_path):
-    a, b, groups = _planted(n=150)
+    a, b, groups = planted_groups(n=150)
     np.save(tmp_path / "a.npy", a.astype(np.float32))
     torch.save({"emb": torch.from_numpy(b)}, tmp_path / "b.pt")
     np.save(tmp_path / "labels.npy", groups)
@@ -71,7 +69,7 @@ def test_cli_recovers_planted_clusters(features, capsys):
 
 
 def test_cli_rff_and_npz_match_library(features):
-    a, b, _ = _planted(n=150)
+    a, b, _ = planted_groups(n=150)
     np.savez(features / "both.npz", a=a, b=b)
     out = features / "r"
     main(

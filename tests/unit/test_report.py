@@ -1,65 +1,16 @@
 """The report directory: files exist, reference each other, and agree with the result."""
 
-import json
-import re
-from html.parser import HTMLParser
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from spec_align import compare
 from spec_align.explain import label_purity, write_report
-
-
-class _Links(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.images, self.links = [], []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "img":
-            self.images.append(attrs["src"])
-        elif tag == "a":
-            self.links.append(attrs["href"])
-
-
-def _planted(n=120, seed=0):
-    """A separates groups 0, 1, 2; B merges 0 and 1."""
-    rng = np.random.default_rng(seed)
-    groups = np.arange(n) % 3
-    centers_a = rng.normal(size=(3, 6)) * 4
-    centers_b = centers_a.copy()
-    centers_b[1] = centers_b[0]
-    a = centers_a[groups] + rng.normal(size=(n, 6))
-    b = centers_b[groups] + rng.normal(size=(n, 6))
-    return a, b, groups
-
-
-def check_report(directory: Path) -> dict:
-    """Every image/link of index.html exists; HTML and modes.json agree. Returns the JSON."""
-    summary = json.loads((directory / "modes.json").read_text())
-    page = (directory / "index.html").read_text()
-    parser = _Links()
-    parser.feed(page)
-    for ref in parser.images + parser.links:
-        assert not re.match(r"^[a-z]+://|^/", ref), f"{ref} is not a relative path"
-        assert (directory / ref).is_file(), f"index.html references missing {ref}"
-    assert summary["spectrum_figure"] in parser.images
-    for mode in summary["modes"]:
-        assert f'id="mode-{mode["mode"]}"' in page
-        assert f"eigenvalue {mode['eigenvalue']:+.5g}" in page
-        if mode.get("figure", "").endswith(".png"):
-            assert mode["figure"] in parser.images
-    assert "<script" not in page and "stylesheet" not in page  # opens offline, no external assets
-    return summary
+from tests.helpers import check_report, planted_groups
 
 
 def test_report_files_reference_each_other(tmp_path):
-    a, b, groups = _planted()
+    a, b, groups = planted_groups()
     result = compare(a, b, sigma_x=3.0, sigma_y=3.0, top_k=2, names=("A", "B"))
     images = []
     for i, g in enumerate(groups):
@@ -98,7 +49,7 @@ def test_report_files_reference_each_other(tmp_path):
 
 
 def test_text_data_gets_text_lists(tmp_path):
-    a, b, groups = _planted(n=60)
+    a, b, groups = planted_groups(n=60)
     texts = [f"caption of sample {i}\nsecond line" for i in range(60)]
     result = compare(torch.from_numpy(a), torch.from_numpy(b), kernel="cosine", top_k=1)
     write_report(result, tmp_path, samples_per_mode=5, texts=texts)
@@ -117,7 +68,7 @@ def test_label_purity_ignores_unknown_labels():
 
 
 def test_html_escapes_names(tmp_path):
-    a, b, _ = _planted(n=30)
+    a, b, _ = planted_groups(n=30)
     result = compare(a, b, kernel="cosine", top_k=1, names=("<b>x</b>", "y&z"))
     write_report(result, tmp_path, samples_per_mode=3)
     page = (tmp_path / "index.html").read_text()

@@ -6,18 +6,7 @@ import torch
 
 from spec_align import RandomFourierFeatures, compare, estimate_sigma, spec_diff
 from spec_align.spec.linalg import orient_columns
-
-
-def _pair(n=80, d_x=6, d_y=5, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    groups = torch.randint(0, 4, (n,), generator=generator)
-    x = torch.randn(4, d_x, generator=generator)[groups] * 2 + torch.randn(
-        n, d_x, generator=generator
-    )
-    y = torch.randn(4, d_y, generator=generator)[groups] * 2 + torch.randn(
-        n, d_y, generator=generator
-    )
-    return x.double(), y.double()
+from tests.helpers import clustered_pair
 
 
 def _finite_difference_check(fn, x, y, seed=0, step=1e-6):
@@ -49,7 +38,7 @@ def _finite_difference_check(fn, x, y, seed=0, step=1e-6):
     ],
 )
 def test_spec_diff_gradient_matches_finite_differences(kwargs):
-    x, y = _pair()
+    x, y = clustered_pair()
     _finite_difference_check(lambda a, b: spec_diff(a, b, **kwargs), x, y)
 
 
@@ -68,7 +57,7 @@ def test_spec_diff_gradient_when_top_positive_and_negative_eigenvalues_are_close
 
 
 def test_spec_diff_matches_compare_on_every_path():
-    x, y = _pair(n=150)
+    x, y = clustered_pair(n=150)
     for kwargs in (
         dict(sigma_x=2.0, sigma_y=1.5),
         dict(sigma_x=2.0, sigma_y=1.5, rff_dim=40),
@@ -82,7 +71,7 @@ def test_spec_diff_matches_compare_on_every_path():
 
 
 def test_spec_diff_keeps_float32_dtype_and_reaches_both_inputs():
-    x, y = (t.float().requires_grad_(True) for t in _pair())
+    x, y = (t.float().requires_grad_(True) for t in clustered_pair())
     value = spec_diff(x, y, kernel="cosine")
     value.backward()
     assert value.dtype == torch.float32
@@ -101,7 +90,7 @@ def test_spec_diff_keeps_float32_dtype_and_reaches_both_inputs():
     ],
 )
 def test_streaming_batches_equal_in_memory(kwargs):
-    x, y = _pair(n=203)
+    x, y = clustered_pair(n=203)
     in_memory = compare(x, y, top_k=3, **kwargs)
     batches = [(x[i : i + 50], y[i : i + 50]) for i in range(0, 203, 50)]
     from_list = compare(batches, top_k=3, **kwargs)
@@ -113,7 +102,7 @@ def test_streaming_batches_equal_in_memory(kwargs):
 
 
 def test_streamed_auto_sigma_uses_the_first_rows():
-    x, y = _pair(n=1500)
+    x, y = clustered_pair(n=1500)
     streamed = compare([(x[:700], y[:700]), (x[700:], y[700:])], rff_dim=16, top_k=1)
     assert streamed.sigma_x == pytest.approx(estimate_sigma(x[:1000]))
     assert streamed.sigma_y == pytest.approx(estimate_sigma(y[:1000]))
@@ -121,7 +110,7 @@ def test_streamed_auto_sigma_uses_the_first_rows():
 
 def test_covariance_path_scores_equal_the_exact_eigenvector_for_eta_not_one():
     """sqrt(eta) in the scores: cosine features, n > m so the streaming covariance path runs."""
-    x, y = _pair(n=300)
+    x, y = clustered_pair(n=300)
     for eta in (0.5, 3.0):
         result = compare(x, y, kernel="cosine", eta=eta, top_k=2)
         delta = (
@@ -138,13 +127,13 @@ def test_covariance_path_scores_equal_the_exact_eigenvector_for_eta_not_one():
 
 
 def test_one_shot_generator_is_refused_with_a_fix():
-    x, y = _pair()
+    x, y = clustered_pair()
     with pytest.raises(TypeError, match="one-shot iterator.*function that returns"):
         compare(((x[i : i + 10], y[i : i + 10]) for i in range(0, 80, 10)), kernel="cosine")
 
 
 def test_source_that_changes_between_passes_is_refused():
-    x, y = _pair(n=100)
+    x, y = clustered_pair(n=100)
     calls = []
 
     def shrinking():
@@ -170,7 +159,7 @@ def test_random_fourier_features_are_seeded_and_restorable(tmp_path):
 
 
 def test_same_seed_same_result_and_maps_rescore_the_samples():
-    x, y = _pair(n=300)
+    x, y = clustered_pair(n=300)
     a = compare(x, y, rff_dim=64, top_k=3, seed=3)
     b = compare(x, y, rff_dim=64, top_k=3, seed=3)
     assert torch.equal(a.eigenvalues, b.eigenvalues)
@@ -191,7 +180,7 @@ def test_sigma_heuristic_is_the_scaled_median_distance():
 
 # the result object
 def test_result_summary_dict_and_top_samples():
-    x, y = _pair(n=120)
+    x, y = clustered_pair(n=120)
     result = compare(x, y, sigma_x=2.0, sigma_y=1.5, top_k=2, names=("clip", "dino"))
     text = str(result)
     assert "SPEC clip vs dino" in text and "SPEC-diff" in text
@@ -266,7 +255,7 @@ def test_spec_diff_validates_inputs_too():
     ],
 )
 def test_partial_lanczos_solve_matches_the_full_solve(monkeypatch, kwargs):
-    x, y = _pair(n=300)
+    x, y = clustered_pair(n=300)
     full = compare(x, y, top_k=4, **kwargs)
     monkeypatch.setattr("spec_align.spec.linalg.FULL_SOLVE_MAX", 20)
     partial = compare(x, y, top_k=4, **kwargs)

@@ -4,23 +4,12 @@ import pytest
 import torch
 
 from spec_align import compare, spec_diff
+from tests.helpers import clustered_pair
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-
-
-def _pair(n, d_x=40, d_y=30):
-    generator = torch.Generator().manual_seed(0)
-    groups = torch.randint(0, 5, (n,), generator=generator)
-    x = torch.randn(5, d_x, generator=generator)[groups] * 2 + torch.randn(
-        n, d_x, generator=generator
-    )
-    y = torch.randn(5, d_y, generator=generator)[groups] * 2 + torch.randn(
-        n, d_y, generator=generator
-    )
-    return x.double(), y.double()
 
 
 @pytest.mark.parametrize(
@@ -33,7 +22,7 @@ def _pair(n, d_x=40, d_y=30):
     ],
 )
 def test_cuda_matches_cpu(kwargs):
-    x, y = _pair(1500)
+    x, y = clustered_pair(1500)
     cpu = compare(x, y, top_k=3, **kwargs)
     gpu = compare(x.cuda(), y.cuda(), top_k=3, **kwargs)
     assert gpu.scores.is_cuda
@@ -44,7 +33,7 @@ def test_cuda_matches_cpu(kwargs):
 
 
 def test_spec_diff_gradient_on_cuda_matches_cpu():
-    x, y = _pair(256)
+    x, y = clustered_pair(256)
     grads = []
     for device in ("cpu", "cuda"):
         a = x.float().to(device).requires_grad_(True)

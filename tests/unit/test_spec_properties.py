@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from spec_align import compare, difference_kernel, spec_diff
+from tests.helpers import clustered_pair
 
 
 def _planted(n_per_group=(100, 100, 100), noise=0.0, seed=0):
@@ -18,18 +19,6 @@ def _planted(n_per_group=(100, 100, 100), noise=0.0, seed=0):
     x = centers_x[groups] + noise * torch.randn(len(groups), 2, generator=generator)
     y = centers_y[groups] + noise * torch.randn(len(groups), 2, generator=generator)
     return x.double(), y.double(), groups
-
-
-def _random_pair(n=120, d_x=6, d_y=5, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    groups = torch.randint(0, 4, (n,), generator=generator)
-    x = torch.randn(4, d_x, generator=generator)[groups] * 2 + torch.randn(
-        n, d_x, generator=generator
-    )
-    y = torch.randn(4, d_y, generator=generator)[groups] * 2 + torch.randn(
-        n, d_y, generator=generator
-    )
-    return x.double(), y.double()
 
 
 def _exact_eigh(delta):
@@ -47,7 +36,7 @@ def _exact_eigh(delta):
     ],
 )
 def test_identical_embeddings_give_zero_spectrum(kwargs):
-    x, _ = _random_pair()
+    x, _ = clustered_pair()
     result = compare(x, x, **kwargs)
     assert result.eigenvalues.abs().max() < 1e-12
     assert result.spec_diff < 1e-12
@@ -58,7 +47,7 @@ def test_identical_embeddings_give_zero_spectrum(kwargs):
 # 7.2 swap
 @pytest.mark.parametrize("kernel", ["gaussian", "cosine"])
 def test_swap_negates_spectrum(kernel):
-    x, y = _random_pair()
+    x, y = clustered_pair()
     kwargs = dict(kernel=kernel, sigma_x=2.0, sigma_y=1.0) if kernel == "gaussian" else {}
     swapped_kwargs = dict(kernel=kernel, sigma_x=1.0, sigma_y=2.0) if kernel == "gaussian" else {}
     forward = compare(x, y, **kwargs)
@@ -83,7 +72,7 @@ def test_swap_negates_spectrum(kernel):
     ],
 )
 def test_trace_is_one_minus_eta(eta, kwargs):
-    x, y = _random_pair()
+    x, y = clustered_pair()
     result = compare(x, y, eta=eta, **kwargs)
     assert float(result.eigenvalues.sum()) == pytest.approx(1 - eta, abs=1e-10)
     if eta == 0.0:  # the spectrum of K_x / n alone lies in [0, 1]
@@ -95,7 +84,7 @@ def test_trace_is_one_minus_eta(eta, kwargs):
 @pytest.mark.parametrize("n", [40, 300])  # fewer and more samples than features
 @pytest.mark.parametrize("eta", [1.0, 0.5, 2.0])
 def test_cosine_feature_path_matches_exact_kernel(n, eta):
-    x, y = _random_pair(n=n, d_x=30, d_y=20)
+    x, y = clustered_pair(n=n, d_x=30, d_y=20)
     result = compare(x, y, kernel="cosine", eta=eta, top_k=5)
     assert result.method == "features"
     exact_values, exact_vectors = _exact_eigh(difference_kernel(x, y, kernel="cosine", eta=eta))
@@ -116,7 +105,7 @@ def test_cosine_feature_path_matches_exact_kernel(n, eta):
 def test_rff_feature_path_matches_its_own_gram_matrix():
     """The dual solve reproduces eig(Psi J Psi^T) for the same random features (n < and > m)."""
     for n in (60, 400):
-        x, y = _random_pair(n=n)
+        x, y = clustered_pair(n=n)
         result = compare(x, y, sigma_x=3.0, sigma_y=2.0, rff_dim=50, top_k=5, eta=1.5)
         phi_x, phi_y = result.feature_map_x(x), result.feature_map_y(y)
         delta = (phi_x @ phi_x.T - 1.5 * phi_y @ phi_y.T) / n
@@ -137,7 +126,7 @@ def test_rff_feature_path_matches_its_own_gram_matrix():
 
 # 7.6 RFF convergence
 def test_rff_eigenvalues_converge_to_exact_gaussian():
-    x, y = _random_pair(n=200)
+    x, y = clustered_pair(n=200)
     exact = compare(x, y, sigma_x=3.0, sigma_y=2.5, top_k=3)
     errors = {}
     for rff_dim in (100, 6400):
@@ -153,7 +142,7 @@ def test_rff_eigenvalues_converge_to_exact_gaussian():
 
 # 7.7 invariances
 def test_cosine_spectrum_invariant_to_rotation():
-    x, y = _random_pair(d_x=8)
+    x, y = clustered_pair(d_x=8)
     rotation, _ = torch.linalg.qr(
         torch.randn(8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     )
@@ -163,7 +152,7 @@ def test_cosine_spectrum_invariant_to_rotation():
 
 
 def test_gaussian_spectrum_invariances():
-    x, y = _random_pair(d_x=8)
+    x, y = clustered_pair(d_x=8)
     rotation, _ = torch.linalg.qr(
         torch.randn(8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     )
@@ -232,7 +221,7 @@ def test_planted_clusters_noisy(kwargs):
 
 # 7.9 the SPEC-align estimator needs matched rows
 def test_penalty_zero_for_matched_rows_and_not_for_mismatched():
-    x, _ = _random_pair(n=256)
+    x, _ = clustered_pair(n=256)
     mismatch = torch.randperm(256, generator=torch.Generator().manual_seed(0))
     for kwargs in (dict(kernel="cosine"), dict(sigma_x=2.0, sigma_y=2.0, rff_dim=256)):
         assert float(spec_diff(x, x, **kwargs)) < 1e-12
@@ -241,7 +230,7 @@ def test_penalty_zero_for_matched_rows_and_not_for_mismatched():
 
 def test_singular_covariance_gives_no_spurious_modes():
     """20 distinct samples repeated 15 times: n = 300 > m = 50 but rank(C) = 20 < m."""
-    x, y = _random_pair(n=20, d_x=30, d_y=20)
+    x, y = clustered_pair(n=20, d_x=30, d_y=20)
     x, y = x.repeat(15, 1), y.repeat(15, 1)
     result = compare(x, y, kernel="cosine", top_k=5)
     exact_values, _ = _exact_eigh(difference_kernel(x, y, kernel="cosine"))
