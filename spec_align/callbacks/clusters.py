@@ -1,0 +1,641 @@
+"""Watch differential clusters during training: SPEC of a fixed probe set, logged and saved."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from spec_align.callbacks.render import (
+    embedding_maps,
+    mode_grid,
+    project_2d,
+    save_png,
+    spectrum_plot,
+    thumbnail_strip,
+    tracks_plot,
+)
+from spec_align.callbacks.tracking import ModeTracker
+from spec_align.spec import SpecResult, compare, estimate_sigma
+from spec_align.utils.distributed import gather_uneven, world_size
+
+__all__ = ["DIRECTIONS", "ClusterLogCallback", "dominant_attribute", "label_purity"]
+
+# Key segment of each sign of the spectrum of (K_encoder - eta * K_reference).
+DIRECTIONS = ("enc_minus_ref", "ref_minus_enc")
+_DIRECTION_LABELS = (
+    "encoder - reference (clusters only the encoder forms)",
+    "reference - encoder (clusters only the reference forms)",
+)
+_TABLE_THUMBNAILS = 8  # samples per table row: enough to see the cluster, small to upload
+
+
+class ClusterLogCallback(Callback):
+    """SPEC differential clusters of the trainable encoder vs the reference, over training.
+
+    At each evaluation the callback embeds a fixed probe set (the first `probe_size` validation
+    samples, read once and cached) with the module's trainable encoder (`module(images)`) and
+    its reference (`module.reference(batch)`), in eval mode under no_grad, then runs one
+    `spec_align.compare` of the two: its positive modes are clusters the encoder forms and
+    the reference does not, its negative modes the reverse. Modes are matched to those of the
+    previous evaluation by the overlap of their top `cluster_size` samples, so a cluster keeps
+    its tracked id while it fades.
+
+    Training is unaffected: parameters, optimizer and data state are only read, every
+    submodule's train/eval flag is restored, and the Python, NumPy and torch RNG states are
+    restored after the probe is read and analysed. Every rank reads and embeds its share of
+    the probe (the gathers are collectives); SPEC, rendering and logging run on rank zero.
+
+    Logged through every logger of the trainer, at step `trainer.global_step` (eigenvalues are
+    signed: positive for enc_minus_ref, negative for ref_minus_enc):
+
+    - `clusters/spec_diff`: the operator norm of the difference kernel.
+    - `clusters/<direction>/eig_<i>`, i < top_k: the i-th eigenvalue of that end of the
+      spectrum (0 where it has fewer modes); <direction> is enc_minus_ref or ref_minus_enc.
+    - `clusters/<direction>/num_modes`: modes above SPEC's zero tolerance (at most top_k).
+    - `clusters/tracked/<id>/eigenvalue`: eigenvalue of tracked mode <id>, while it exists.
+
+    Only to `WandbLogger`s (W&B media; nothing happens without one):
+
+    - `clusters/spectrum`: image, both ends of the spectrum by rank.
+    - `clusters/<direction>/mode_<r>`, r < grid_modes: image, captioned grid of the top
+      `grid_samples` samples of the r-th strongest mode of that direction.
+    - `clusters/map`: image, 2-D layouts of the probe set in each embedding, side by side,
+      coloured by mode membership.
+    - `clusters/modes`: table with one row per mode: step, direction, rank, tracked_id,
+      eigenvalue, dominant (most enriched metadata value among the members), purity (its
+      share), label and label_purity (most common label among members and its share),
+      thumbnails (top samples as one strip), captions.
+
+    Written under `dirpath` on rank zero (readable without W&B):
+    `step_<step:07d>/{spectrum.png, map.png, <direction>_mode_<r>.png, modes.json}` per
+    evaluation, plus `tracks.png` (tracked eigenvalues over steps) and `history.jsonl` (one
+    line per evaluation) for the whole run.
+
+    The probe's images are kept in host memory as the loader produced them
+    (probe_size x 3 x H x W floats: 50 MB for 1024 samples at 64 px).
+
+    Args:
+        every_n_steps: evaluate after every n-th optimizer step.
+        every_n_epochs: evaluate after every n-th training epoch. Give at most one of the two;
+            neither means every epoch.
+        at_start: also evaluate when training starts (the untrained baseline).
+        probe_size: validation samples in the probe set (all ranks together).
+        top_k: modes kept at each end of the spectrum (scalars, tracking, table).
+        grid_modes: modes per direction drawn as grids and coloured in the map.
+        grid_samples: top samples per grid.
+        cluster_size: top samples of a mode that count as its members (tracking overlap,
+            purity, map colours).
+        match_threshold: least Jaccard overlap of members for a mode to keep an id.
+        kernel: "gaussian" or "cosine" (see `spec_align.compare`).
+        eta: weight of the reference kernel.
+        rff_dim: random Fourier features per side; None: the exact kernel (probe_size
+            squared memory, fine up to a few thousand samples).
+        normalize: unit-normalise both embeddings first, so norm drift during training does
+            not change the kernel.
+        map_method: "pca" or "tsne" for the 2-D map.
+        thumbnail_size: side in pixels of the thumbnails kept for grids and tables.
+        dirpath: directory of the on-disk artefacts; None: `<default_root_dir>/clusters`.
+        seed: seed of the bandwidth subsample, random features and t-SNE.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        at_start: bool = True,
+        probe_size: int = 1024,
+        top_k: int = 5,
+        grid_modes: int = 3,
+        grid_samples: int = 16,
+        cluster_size: int = 50,
+        match_threshold: float = 0.2,
+        kernel: str = "gaussian",
+        eta: float = 1.0,
+        rff_dim: int | None = None,
+        normalize: bool = True,
+        map_method: str = "pca",
+        thumbnail_size: int = 64,
+        dirpath: str | os.PathLike | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if every_n_steps is not None and every_n_epochs is not None:
+            raise ValueError("give every_n_steps or every_n_epochs, not both")
+        counts = {
+            "every_n_steps": every_n_steps,
+            "every_n_epochs": every_n_epochs,
+            "top_k": top_k,
+            "grid_samples": grid_samples,
+            "cluster_size": cluster_size,
+            "thumbnail_size": thumbnail_size,
+        }
+        for name, value in counts.items():
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0 <= grid_modes <= top_k:
+            raise ValueError(f"grid_modes must be in [0, top_k={top_k}], got {grid_modes}")
+        if probe_size < 2 * top_k:
+            raise ValueError(f"probe_size={probe_size} must be at least 2 * top_k={2 * top_k}")
+        if kernel not in ("gaussian", "cosine"):
+            raise ValueError(f"kernel must be 'gaussian' or 'cosine', got {kernel!r}")
+        if map_method not in ("pca", "tsne"):
+            raise ValueError(f"map_method must be 'pca' or 'tsne', got {map_method!r}")
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs if every_n_steps is None else None
+        if self.every_n_steps is None and self.every_n_epochs is None:
+            self.every_n_epochs = 1
+        self.at_start = at_start
+        self.probe_size = probe_size
+        self.top_k = top_k
+        self.grid_modes = grid_modes
+        self.grid_samples = grid_samples
+        self.cluster_size = cluster_size
+        self.kernel = kernel
+        self.eta = eta
+        self.rff_dim = rff_dim
+        self.normalize = normalize
+        self.map_method = map_method
+        self.thumbnail_size = thumbnail_size
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.seed = seed
+        self.tracker = ModeTracker(match_threshold)
+        self.history: list[dict[str, Any]] = []
+        self._sigmas: tuple[float, float] | None = None
+        self._last_step: int | None = None
+        self._probe: dict[str, Any] | None = None
+        self._enabled = True
+
+    # ------------------------------------------------------------------------------- hooks
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "reference", None)):
+            raise TypeError(
+                f"ClusterLogCallback needs a module with reference(batch) -> embeddings; "
+                f"{type(pl_module).__name__} has none"
+            )
+        # A SpecAlignModule without any reference (ref=none) has nothing to compare against.
+        self._enabled = getattr(pl_module, "ref_dim", 0) is not None
+        if not self._enabled:
+            rank_zero_warn("ClusterLogCallback: the module has no reference; it logs nothing")
+        if self.dirpath is None:
+            self.dirpath = Path(trainer.default_root_dir) / "clusters"
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_start:
+            self._evaluate(trainer, pl_module)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps is not None and step > 0 and step % self.every_n_steps == 0:
+            self._evaluate(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        every = self.every_n_epochs
+        if every is not None and (trainer.current_epoch + 1) % every == 0:
+            self._evaluate(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tracked ids, fixed bandwidths and the per-evaluation history (resume continues)."""
+        return {
+            "tracker": self.tracker.state_dict(),
+            "history": self.history,
+            "sigmas": self._sigmas,
+            "last_step": self._last_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state_dict["tracker"])
+        self.history = list(state_dict["history"])
+        self._sigmas = None if state_dict["sigmas"] is None else tuple(state_dict["sigmas"])
+        self._last_step = state_dict["last_step"]
+
+    # -------------------------------------------------------------------------- evaluation
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        step = trainer.global_step
+        # Once per step: gradient accumulation calls the batch hook several times per step.
+        if not self._enabled or step == self._last_step:
+            return
+        self._last_step = step
+        with _preserved_rng_state(), _eval_mode(pl_module), torch.no_grad():
+            if self._probe is None:
+                self._probe = self._read_probe(trainer, pl_module)
+            encoder, reference = self._embed(trainer, pl_module)
+            if trainer.is_global_zero:
+                self._analyse(trainer, encoder, reference, step)
+
+    def _read_probe(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """This rank's share of the first `probe_size` validation samples, plus the global
+        thumbnails, captions, labels, keys and metadata (gathered: a collective)."""
+        source = trainer.datamodule if trainer.datamodule is not None else pl_module
+        loader = source.val_dataloader()
+        if isinstance(loader, list | tuple):
+            loader = loader[0] if loader else None
+        if loader is None:
+            raise ValueError("ClusterLogCallback needs validation data for its probe set")
+        share = math.ceil(self.probe_size / world_size())
+        batches, thumbnails, info, count = [], [], [], 0
+        for batch in loader:
+            rows = min(share - count, batch["image"].shape[0])
+            item = {"image": batch["image"][:rows].cpu()}
+            if "ref" in batch:
+                item["ref"] = batch["ref"][:rows].cpu()
+            batches.append(item)
+            thumbnails.append(_thumbnails(item["image"], self.thumbnail_size))
+            for i in range(rows):
+                info.append({k: _row(batch.get(k), i) for k in ("text", "label", "key", "meta")})
+            count += rows
+            if count >= share:
+                break
+        local = torch.cat(thumbnails) if thumbnails else torch.empty(0, dtype=torch.uint8)
+        everything = gather_uneven(local.to(pl_module.device)).cpu()[: self.probe_size]
+        info = _gather_objects(info)[: self.probe_size]
+        if len(info) < 2 * self.top_k:
+            raise ValueError(
+                f"the probe set has {len(info)} samples; ClusterLogCallback needs at least "
+                f"2 * top_k = {2 * self.top_k} validation samples"
+            )
+        class_names = getattr(pl_module, "class_names", None)
+        labels = np.array([-1 if r["label"] is None else int(r["label"]) for r in info])
+        return {
+            "batches": batches,
+            "thumbnails": everything.permute(0, 2, 3, 1).numpy(),
+            "captions": [_caption(r, class_names) for r in info],
+            "labels": labels,
+            "class_names": class_names,
+            "keys": [
+                str(r["key"]) if r["key"] is not None else str(i) for i, r in enumerate(info)
+            ],
+            "meta": [r["meta"] if isinstance(r["meta"], dict) else None for r in info],
+        }
+
+    def _embed(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Tensor, Tensor]:
+        """Both embeddings of the whole probe, (n, D) and (n, D_ref) float32 on every rank."""
+        device = pl_module.device
+        encoder, reference = [], []
+        # The trainer's precision context (autocast, true half precision) as in its steps.
+        with trainer.precision_plugin.forward_context():
+            for item in self._probe["batches"]:
+                batch = {k: v.to(device) for k, v in item.items()}
+                encoder.append(pl_module(batch["image"]).float())
+                reference.append(pl_module.reference(batch).float())
+        n = len(self._probe["keys"])
+        return gather_uneven(torch.cat(encoder))[:n], gather_uneven(torch.cat(reference))[:n]
+
+    def _analyse(self, trainer: Trainer, encoder: Tensor, reference: Tensor, step: int) -> None:
+        x, y = encoder.double(), reference.double()
+        if self.normalize:
+            x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+        if self._sigmas is None and self.kernel == "gaussian":
+            # Fixed at the first evaluation: a later eigenvalue then differs only because
+            # the embeddings did, not because the bandwidth followed them.
+            self._sigmas = (estimate_sigma(x, seed=self.seed), estimate_sigma(y, seed=self.seed))
+        sigma_x, sigma_y = self._sigmas or (1.0, 1.0)
+        result = compare(
+            x,
+            y,
+            kernel=self.kernel,
+            sigma_x=sigma_x,
+            sigma_y=sigma_y,
+            eta=self.eta,
+            rff_dim=self.rff_dim,
+            top_k=self.top_k,
+            seed=self.seed,
+            names=("encoder", "reference"),
+        )
+        modes = self._describe_modes(result)
+        ids = self.tracker.update([(m["direction"], m["member_keys"]) for m in modes])
+        for mode, mode_id in zip(modes, ids, strict=True):
+            mode["tracked_id"] = mode_id
+            mode["step"] = step
+        scalars = _scalars(result, modes, self.top_k)
+        self.history.append(
+            {
+                "step": step,
+                "epoch": trainer.current_epoch,
+                "spec_diff": result.spec_diff,
+                "tracked": {m["tracked_id"]: m["eigenvalue"] for m in modes},
+            }
+        )
+        images = self._render(result, modes, x, y, step)
+        self._write(step, trainer.current_epoch, result, modes, images)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                media = _wandb_media(images, modes, self._probe["thumbnails"])
+                logger.log_metrics({**scalars, **media}, step=step)
+            else:
+                logger.log_metrics(scalars, step=step)
+
+    def _describe_modes(self, result: SpecResult) -> list[dict[str, Any]]:
+        probe = self._probe
+        modes = []
+        for j in range(result.num_modes):
+            direction = 0 if j < result.num_positive else 1
+            members = result.top_samples(j, self.cluster_size).tolist()
+            top = members[: self.grid_samples]
+            dominant, purity = dominant_attribute(members, probe["meta"])
+            label, share = label_purity(members, probe["labels"])
+            modes.append(
+                {
+                    "direction": DIRECTIONS[direction],
+                    "rank": j if direction == 0 else j - result.num_positive,
+                    "eigenvalue": float(result.mode_eigenvalues[j]),
+                    "dominant": dominant,
+                    "purity": purity,
+                    "label": None if label is None else _label_name(label, probe["class_names"]),
+                    "label_purity": share,
+                    "top_samples": top,
+                    "top_keys": [probe["keys"][i] for i in top],
+                    "top_captions": [probe["captions"][i] for i in top],
+                    "top_scores": result.scores[top, j].tolist(),
+                    "members": members,
+                    "member_keys": [probe["keys"][i] for i in members],
+                }
+            )
+        return modes
+
+    def _render(
+        self, result: SpecResult, modes: list[dict], x: Tensor, y: Tensor, step: int
+    ) -> dict[str, np.ndarray]:
+        thumbnails = self._probe["thumbnails"]
+        negative = result.num_modes - result.num_positive
+        images = {
+            "spectrum": spectrum_plot(
+                result.eigenvalues.cpu().numpy(),
+                result.num_positive,
+                negative,
+                labels=_DIRECTION_LABELS,
+                title=f"SPEC spectrum, step {step}, SPEC-diff {result.spec_diff:.4g}",
+            )
+        }
+        shown = [m for m in modes if m["rank"] < self.grid_modes]
+        for mode in shown:
+            images[f"{mode['direction']}_mode_{mode['rank']}"] = mode_grid(
+                thumbnails[mode["top_samples"]],
+                mode["top_captions"],
+                _mode_title(mode, step),
+            )
+        membership = np.full(len(thumbnails), -1)
+        # Strongest modes first: a sample in two clusters keeps the colour of the stronger.
+        for index in sorted(range(len(shown)), key=lambda i: -abs(shown[i]["eigenvalue"])):
+            members = np.array(shown[index]["members"])
+            membership[members[membership[members] < 0]] = index
+        images["map"] = embedding_maps(
+            [project_2d(z.cpu().numpy(), self.map_method, self.seed) for z in (x, y)],
+            [f"encoder ({self.map_method.upper()})", f"reference ({self.map_method.upper()})"],
+            membership,
+            [f"{_short(m)} (id {m['tracked_id']})" for m in shown],
+            [DIRECTIONS.index(m["direction"]) for m in shown],
+            f"probe set coloured by mode membership (top {self.cluster_size}), step {step}",
+        )
+        return images
+
+    def _write(
+        self,
+        step: int,
+        epoch: int,
+        result: SpecResult,
+        modes: list[dict],
+        images: dict[str, np.ndarray],
+    ) -> None:
+        folder = self.dirpath / f"step_{step:07d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, image in images.items():
+            save_png(image, folder / f"{name}.png")
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "spec_diff": result.spec_diff,
+            "kernel": result.kernel,
+            "eta": result.eta,
+            "sigma_encoder": result.sigma_x,
+            "sigma_reference": result.sigma_y,
+            "num_samples": result.num_samples,
+            "spectrum_top": result.eigenvalues[: 3 * self.top_k].tolist(),
+            "spectrum_bottom": result.eigenvalues.flip(0)[: 3 * self.top_k].tolist(),
+            "modes": [{k: v for k, v in m.items() if k != "members"} for m in modes],
+        }
+        (folder / "modes.json").write_text(json.dumps(record, indent=1) + "\n")
+        with open(self.dirpath / "history.jsonl", "a") as handle:
+            handle.write(json.dumps(self.history[-1]) + "\n")
+        save_png(
+            tracks_plot(self.history, "tracked modes: eigenvalue over training (label: id)"),
+            self.dirpath / "tracks.png",
+        )
+
+
+# ----------------------------------------------------------------------- mode descriptions
+
+
+def dominant_attribute(
+    members: Sequence[int], meta: Sequence[dict | None]
+) -> tuple[str | None, float | None]:
+    """The categorical metadata value most over-represented among `members`.
+
+    Enrichment is (share among members - share in the probe) / (1 - share in the probe): 1
+    for a pure cluster of that value, 0 at its base rate, so a common value (e.g. a 40%
+    background) does not win just by being common. Only str/bool fields count.
+
+    Returns:
+        ("field=value", its share among the members), or (None, None) without metadata.
+    """
+    fields: dict[str, Counter] = {}
+    for row in meta:
+        for field, value in (row or {}).items():
+            if isinstance(value, str | bool):
+                fields.setdefault(field, Counter())[value] += 1
+    best, best_score = (None, None), -math.inf
+    for field, base in fields.items():
+        total = sum(base.values())
+        inside = Counter(
+            meta[i][field] for i in members if meta[i] is not None and field in meta[i]
+        )
+        for value, count in inside.items():
+            share, prior = count / len(members), base[value] / total
+            score = (share - prior) / (1 - prior) if prior < 1 else 0.0
+            if score > best_score:
+                best, best_score = (f"{field}={value}", share), score
+    return best
+
+
+def label_purity(members: Sequence[int], labels: np.ndarray) -> tuple[int | None, float | None]:
+    """The most common label among `members` (ignoring -1) and its share of them."""
+    known = [int(labels[i]) for i in members if labels[i] >= 0]
+    if not known:
+        return None, None
+    label, count = Counter(known).most_common(1)[0]
+    return label, count / len(members)
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _preserved_rng_state() -> Iterator[None]:
+    """Restore every RNG training uses: creating a DataLoader iterator draws from torch's."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside, then each submodule's own previous flag (frozen parts stay eval)."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in flags:
+            submodule.training = training
+
+
+def _thumbnails(images: Tensor, size: int) -> Tensor:
+    """uint8 (B, 3, size, size) display copies; images outside [0, 1] are min-max scaled."""
+    images = images.float()
+    if images.min() < 0 or images.max() > 1:
+        low = images.amin(dim=(1, 2, 3), keepdim=True)
+        high = images.amax(dim=(1, 2, 3), keepdim=True)
+        images = (images - low) / (high - low).clamp_min(1e-8)
+    if max(images.shape[-2:]) > size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+def _row(values: Any, i: int) -> Any:
+    if values is None:
+        return None
+    value = values[i]
+    return value.item() if isinstance(value, Tensor) else value
+
+
+def _gather_objects(rows: list) -> list:
+    """Every rank's rows in rank order (a collective when distributed)."""
+    if world_size() == 1:
+        return rows
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, rows)
+    return [row for part in parts for row in part]
+
+
+def _label_name(label: int, class_names: Sequence[str] | None) -> str | None:
+    if label < 0:
+        return None
+    return class_names[label] if class_names and label < len(class_names) else str(label)
+
+
+def _caption(row: dict, class_names: Sequence[str] | None) -> str:
+    if row["text"]:
+        return str(row["text"])
+    if row["label"] is not None and int(row["label"]) >= 0:
+        return f"label {_label_name(int(row['label']), class_names)}"
+    return str(row["key"] or "")
+
+
+def _short(mode: dict) -> str:
+    arrow = "enc-ref" if mode["direction"] == DIRECTIONS[0] else "ref-enc"
+    return f"{arrow} #{mode['rank']}"
+
+
+def _mode_title(mode: dict, step: int) -> str:
+    direction = _DIRECTION_LABELS[DIRECTIONS.index(mode["direction"])]
+    title = (
+        f"{direction}\nmode {mode['rank']} (tracked id {mode['tracked_id']}), "
+        f"eigenvalue {mode['eigenvalue']:+.4g}, step {step}"
+    )
+    if mode["dominant"] is not None:
+        title += f"\nmost enriched: {mode['dominant']} ({mode['purity']:.0%} of top "
+        title += f"{len(mode['members'])})"
+    return title
+
+
+def _scalars(result: SpecResult, modes: list[dict], top_k: int) -> dict[str, float]:
+    scalars = {"clusters/spec_diff": float(result.spec_diff)}
+    counts = (result.num_positive, result.num_modes - result.num_positive)
+    # Each end of the spectrum, clipped at zero: past its modes an end holds (near) zeros or
+    # the other sign's eigenvalues, which are not clusters of this direction.
+    ends = (result.eigenvalues.clamp_min(0.0), result.eigenvalues.flip(0).clamp_max(0.0))
+    for direction, count, values in zip(DIRECTIONS, counts, ends, strict=True):
+        scalars[f"clusters/{direction}/num_modes"] = float(count)
+        for i in range(top_k):
+            value = float(values[i]) if i < len(values) else 0.0
+            scalars[f"clusters/{direction}/eig_{i}"] = value
+    for mode in modes:
+        scalars[f"clusters/tracked/{mode['tracked_id']}/eigenvalue"] = mode["eigenvalue"]
+    return scalars
+
+
+_TABLE_COLUMNS = [
+    "step",
+    "direction",
+    "rank",
+    "tracked_id",
+    "eigenvalue",
+    "dominant",
+    "purity",
+    "label",
+    "label_purity",
+    "thumbnails",
+    "captions",
+]
+
+
+def _wandb_media(
+    images: dict[str, np.ndarray], modes: list[dict], thumbnails: np.ndarray
+) -> dict[str, Any]:
+    import wandb
+
+    media: dict[str, Any] = {
+        "clusters/spectrum": wandb.Image(images["spectrum"]),
+        "clusters/map": wandb.Image(images["map"]),
+    }
+    rows = []
+    for mode in modes:
+        name = f"{mode['direction']}_mode_{mode['rank']}"
+        if name in images:
+            media[f"clusters/{mode['direction']}/mode_{mode['rank']}"] = wandb.Image(
+                images[name], caption=f"tracked id {mode['tracked_id']}"
+            )
+        top = mode["top_samples"][:_TABLE_THUMBNAILS]
+        rows.append(
+            [
+                mode["step"],
+                mode["direction"],
+                mode["rank"],
+                mode["tracked_id"],
+                mode["eigenvalue"],
+                mode["dominant"],
+                mode["purity"],
+                mode["label"],
+                mode["label_purity"],
+                wandb.Image(thumbnail_strip(thumbnails[top])),
+                " | ".join(mode["top_captions"][:_TABLE_THUMBNAILS]),
+            ]
+        )
+    media["clusters/modes"] = wandb.Table(columns=_TABLE_COLUMNS, data=rows)
+    return media
