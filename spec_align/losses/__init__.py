@@ -1,0 +1,6 @@
+"""Training losses: the task term and the spectral (SPEC-diff) penalty."""
+
+from spec_align.losses.spectral import SpectralPenalty
+from spec_align.losses.task import ClassificationLoss, ContrastiveLoss, NoTaskLoss, TaskLoss
+
+__all__ = ["ClassificationLoss", "ContrastiveLoss", "NoTaskLoss", "SpectralPenalty", "TaskLoss"]

@@ -1,0 +1,429 @@
+"""SPEC-align: train an encoder on its task while pulling its kernel towards a frozen reference."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics import MinMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from spec_align.data.datamodule import DataWaitTimer
+from spec_align.encoders.base import FrozenEncoder, ImageEncoder
+from spec_align.losses.spectral import SpectralPenalty
+from spec_align.losses.task import ClassificationLoss, TaskLoss
+from spec_align.utils.distributed import gather_uneven, gather_with_grad, world_size
+
+__all__ = ["SpecAlignModule", "ViewAdapter"]
+
+REF_PREFIX = "ref."  # state-dict prefix of the frozen reference, never written to checkpoints
+
+
+class ViewAdapter(nn.Module):
+    """Turns the batch's [0, 1] images into one encoder's input: resize, then normalise.
+
+    The data pipeline produces a single view per sample (one crop, values in [0, 1]); each
+    encoder gets that same view at its own resolution and normalisation, so the trainable
+    encoder and the reference always embed the same pixels (spec_math.md section 4, bug 2).
+
+    Args:
+        image_size: the encoder's input side in pixels.
+        mean: per-channel mean the encoder expects subtracted.
+        std: per-channel std the encoder expects divided by.
+
+    Shapes:
+        forward: (B, 3, H, W) in [0, 1] -> (B, 3, image_size, image_size)
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.image_size = int(image_size)
+        # Not persistent: they follow from the encoder, which is rebuilt from the config.
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @classmethod
+    def for_encoder(cls, encoder: ImageEncoder) -> ViewAdapter:
+        """The adapter matching an encoder's image_size, image_mean and image_std."""
+        return cls(encoder.image_size, encoder.image_mean, encoder.image_std)
+
+    def forward(self, images: Tensor) -> Tensor:
+        size = (self.image_size, self.image_size)
+        if images.shape[-2:] != size:
+            # antialias: downscaling without it aliases fine textures, which a reference sees.
+            images = F.interpolate(
+                images, size=size, mode="bilinear", align_corners=False, antialias=True
+            )
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def extra_repr(self) -> str:
+        return f"image_size={self.image_size}"
+
+
+class SpecAlignModule(LightningModule):
+    """Task loss + lambda * minibatch SPEC-diff(trainable embeddings, reference embeddings).
+
+    The reference is a frozen network (`ref`, wrapped in `FrozenEncoder`: no gradients, eval
+    mode, forward under no_grad) or, with `ref=None` and `ref_dim`, the precomputed
+    embeddings every batch carries under "ref". Rows are paired by construction: both sides
+    embed the same images of the same batch (or the cache entry of the same sample key).
+
+    Under DDP the task loss and the penalty see the global batch: embeddings are gathered with
+    gradients (`gather_with_grad`), so the SPEC-diff estimator is the one of the global batch,
+    independent of how it is split over devices.
+
+    The reference's weights are dropped from checkpoints (`on_save_checkpoint`) and taken from
+    the freshly built reference on load (`on_load_checkpoint`), so strict loading still works.
+    The penalty's bandwidths and random frequencies are buffers and do go into checkpoints.
+    Bandwidths are fixed by the first data the penalty sees: the first training batch, or the
+    validation probe when validation runs first (Lightning's sanity check).
+
+    Logged keys (see `metric_names`): train/loss, train/task_loss, train/spec_diff (steps with
+    the penalty active), train/data_wait_s (time waiting for the batch), train/num_skipped
+    (corrupt samples skipped so far); val/spec_diff (float64 SPEC-diff on the fixed probe set:
+    the first `probe_size` validation samples), val/spec_diff_best, val/task_loss,
+    val/zero_shot_acc (class prompts), val/i2t_r1 and val/t2i_r1 (caption retrieval on the
+    probe set), val/acc (classification head).
+
+    Args:
+        encoder: the trainable encoder.
+        task_loss: the task term (contrastive, classification or none).
+        penalty: the spectral penalty; unused when there is no reference.
+        optimizer: partial optimizer, called with the parameter groups.
+        scheduler: partial LR scheduler, called with the optimizer and `total_steps`; stepped
+            every optimizer step. None: constant learning rate.
+        ref: the frozen reference network; None for precomputed embeddings or no reference.
+        ref_dim: width of precomputed reference embeddings (when `ref` is None); None and no
+            `ref` means no reference at all (no penalty, no val/spec_diff).
+        class_names: class names for zero-shot accuracy (needs a text tower); None: skipped.
+        prompt_templates: zero-shot prompts with one "{}" for the class name, averaged.
+        probe_size: validation samples (over all ranks) in the probe set.
+    """
+
+    def __init__(
+        self,
+        encoder: ImageEncoder,
+        task_loss: TaskLoss,
+        penalty: SpectralPenalty,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        ref: ImageEncoder | None = None,
+        ref_dim: int | None = None,
+        class_names: Sequence[str] | None = None,
+        prompt_templates: Sequence[str] = ("a photo of a {}",),
+        probe_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            ignore=["encoder", "task_loss", "penalty", "optimizer", "scheduler", "ref"]
+        )
+        if probe_size < 2:
+            raise ValueError(f"probe_size must be >= 2, got {probe_size}")
+        self.encoder = encoder
+        self.encoder_view = ViewAdapter.for_encoder(encoder)
+        self.task_loss = task_loss
+        task_loss.bind(encoder)
+        if encoder.has_text and not task_loss.needs_text:
+            _freeze_text_tower(encoder)
+
+        if ref is not None and not isinstance(ref, FrozenEncoder):
+            ref = FrozenEncoder(ref)
+        if ref is not None:
+            ref.eval()  # the wrapper's own flag too, not only the wrapped network's
+        if ref is not None and ref_dim is not None and ref_dim != ref.embed_dim:
+            raise ValueError(f"ref_dim={ref_dim} but the reference network gives {ref.embed_dim}")
+        self.ref = ref
+        self.ref_view = ViewAdapter.for_encoder(ref) if ref is not None else None
+        self.ref_dim = ref.embed_dim if ref is not None else ref_dim
+        self.penalty = penalty if self.ref_dim is not None else None
+        if self.penalty is not None:
+            self.penalty.bind(encoder.embed_dim, self.ref_dim)
+        elif penalty.weight > 0:
+            rank_zero_warn("no reference (ref=none): the spectral penalty is off")
+
+        self._optimizer_factory = optimizer
+        self._scheduler_factory = scheduler
+        self.class_names = list(class_names) if class_names else None
+        self.prompt_templates = list(prompt_templates)
+        self.probe_size = int(probe_size)
+        self.zero_shot = encoder.has_text and self.class_names is not None
+        if self.zero_shot:
+            self.val_zero_shot = MulticlassAccuracy(len(self.class_names), ignore_index=-1)
+        if isinstance(task_loss, ClassificationLoss):
+            self.val_acc = MulticlassAccuracy(task_loss.num_classes, ignore_index=-1)
+        self.val_spec_diff_best = MinMetric()
+        self._wait_timer = DataWaitTimer()
+        self._data_wait = 0.0
+        self._probe: dict[str, list[Tensor]] = {}
+        self._class_text: Tensor | None = None
+        self._warned_upsampling = False
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Keys this configuration can log (optimized_metric must be one of them)."""
+        names = ["train/loss", "train/task_loss", "train/data_wait_s", "train/num_skipped"]
+        if self.penalty is not None:
+            names += ["train/spec_diff", "val/spec_diff", "val/spec_diff_best"]
+        if self.encoder.has_text:
+            names += ["val/i2t_r1", "val/t2i_r1"]
+        if self.task_loss.weight > 0:
+            names.append("val/task_loss")
+        if self.zero_shot:
+            names.append("val/zero_shot_acc")
+        if isinstance(self.task_loss, ClassificationLoss):
+            names.append("val/acc")
+        return names
+
+    # ----------------------------------------------------------------------------- forward
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Trainable embeddings of a batch of [0, 1] images.
+
+        Shapes:
+            images: (B, 3, H, W) -> (B, embed_dim)
+        """
+        self._check_resolution(images)
+        return self.encoder(self.encoder_view(images))
+
+    def reference(self, batch: dict[str, Any]) -> Tensor:
+        """Reference embeddings of the batch's samples, without gradient.
+
+        Shapes:
+            -> (B, ref_dim) float32
+        """
+        if self.ref is not None:
+            return self.ref(self.ref_view(batch["image"]))
+        if "ref" not in batch:
+            raise ValueError(
+                "the configured reference is precomputed, but the batch has no 'ref' "
+                "embeddings: set data.ref_cache to a cache of these shards "
+                "(scripts/precompute_ref.py) or pick a reference network (ref=...)"
+            )
+        return batch["ref"].to(device=self.device, dtype=torch.float32)
+
+    def _check_resolution(self, images: Tensor) -> None:
+        sizes = [self.encoder_view.image_size]
+        if self.ref_view is not None:
+            sizes.append(self.ref_view.image_size)
+        if min(images.shape[-2:]) < max(sizes) and not self._warned_upsampling:
+            self._warned_upsampling = True
+            rank_zero_warn(
+                f"data images are {tuple(images.shape[-2:])} px but the encoders take {sizes}: "
+                "they are upsampled; raise data.image_size to the largest encoder size"
+            )
+
+    def _text_features(self, texts: Sequence[str]) -> Tensor:
+        tokens = self.encoder.tokenizer(list(texts)).to(self.device)
+        return self.encoder.encode_text(tokens)
+
+    # ---------------------------------------------------------------------------- training
+
+    def compute_losses(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
+        """All loss terms of one training batch, on the global batch under DDP.
+
+        Returns:
+            dict with "loss" (weighted total), "task_loss" and, on steps where the penalty
+            is active, "spec_diff".
+        """
+        z = self(batch["image"])
+        text = labels = None
+        if self.task_loss.needs_text:
+            text = gather_with_grad(self._text_features(batch["text"]))
+        if self.task_loss.needs_labels:
+            labels = gather_uneven(batch["label"].to(self.device))
+        z_all = gather_with_grad(z)
+        task = self.task_loss(
+            z_all,
+            text_features=text,
+            labels=labels,
+            logit_scale=getattr(self.encoder, "logit_scale", None),
+        )
+        out = {"task_loss": task}
+        loss = self.task_loss.weight * task
+        penalty = self.penalty
+        if penalty is not None and (penalty.active(step) or not penalty.fitted):
+            ref_all = gather_uneven(self.reference(batch))
+            penalty.fit(z_all.detach(), ref_all)
+            if penalty.active(step):
+                out["spec_diff"] = penalty(z_all, ref_all).to(z.dtype)
+                loss = loss + penalty.weight * out["spec_diff"]
+        out["loss"] = loss
+        return out
+
+    def on_train_epoch_start(self) -> None:
+        self._wait_timer.start_epoch()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._data_wait = self._wait_timer.batch_ready()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._wait_timer.batch_done()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.compute_losses(batch, self.global_step)
+        size = batch["image"].shape[0]
+        # Values are global-batch quantities already (identical on every rank): no sync.
+        for name, value in out.items():
+            self.log(
+                f"train/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=size
+            )
+        self.log("train/data_wait_s", self._data_wait, on_epoch=True, batch_size=size)
+        skipped = float(batch.get("num_skipped", 0))
+        self.log("train/num_skipped", skipped, on_step=True, reduce_fx="max", batch_size=size)
+        return out["loss"]
+
+    def on_train_start(self) -> None:
+        # The sanity check's value is not a result of training.
+        self.val_spec_diff_best.reset()
+
+    # -------------------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def _class_embeddings(self) -> Tensor:
+        """Unit text embedding per class, averaged over the prompt templates, (C, D)."""
+        prompts = [t.format(name) for name in self.class_names for t in self.prompt_templates]
+        text = F.normalize(self._text_features(prompts), dim=-1)
+        text = text.view(len(self.class_names), len(self.prompt_templates), -1).mean(dim=1)
+        return F.normalize(text, dim=-1)
+
+    def on_validation_epoch_start(self) -> None:
+        self._probe = {"enc": [], "ref": [], "text": [], "caption": []}
+        self._class_text = self._class_embeddings() if self.zero_shot else None
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        z = self(batch["image"])
+        labels = batch["label"].to(self.device)
+        size = z.shape[0]
+        has_captions = self.encoder.has_text and all(batch["text"])
+        text = self._text_features(batch["text"]) if has_captions else None
+        if self.zero_shot:
+            self.val_zero_shot.update(F.normalize(z, dim=-1) @ self._class_text.T, labels)
+        if isinstance(self.task_loss, ClassificationLoss):
+            self.val_acc.update(self.task_loss.logits(z), labels)
+        if self.task_loss.weight > 0 and (text is not None or not self.task_loss.needs_text):
+            task = self.task_loss(
+                z,
+                text_features=text,
+                labels=labels,
+                logit_scale=getattr(self.encoder, "logit_scale", None),
+            )
+            self.log("val/task_loss", task, on_epoch=True, sync_dist=True, batch_size=size)
+        self._collect_probe(batch, z, text)
+
+    def _collect_probe(self, batch: dict[str, Any], z: Tensor, text: Tensor | None) -> None:
+        # Each rank keeps its first share of the ordered validation stream: a fixed set.
+        share = -(-self.probe_size // world_size())
+        room = share - sum(len(e) for e in self._probe["enc"])
+        if room <= 0:
+            return
+        rows = slice(0, min(room, z.shape[0]))
+        self._probe["enc"].append(z[rows].float())
+        if self.ref_dim is not None:
+            self._probe["ref"].append(self.reference(batch)[rows].float())
+        if text is not None:
+            self._probe["text"].append(text[rows].float())
+            captions = batch["text"][rows]
+            ids = [zlib.crc32(c.encode("utf-8")) for c in captions]
+            self._probe["caption"].append(torch.tensor(ids, device=self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.zero_shot:
+            self.log("val/zero_shot_acc", self.val_zero_shot)
+        if isinstance(self.task_loss, ClassificationLoss):
+            self.log("val/acc", self.val_acc)
+        if not self._probe.get("enc"):
+            return
+        enc = gather_uneven(torch.cat(self._probe["enc"]))[: self.probe_size]
+        # Probe metrics are computed from gathered tensors, identical on every rank: no sync.
+        if self.penalty is not None:
+            ref = gather_uneven(torch.cat(self._probe["ref"]))[: self.probe_size]
+            self.penalty.fit(enc, ref)
+            value = torch.tensor(self.penalty.evaluate(enc, ref), device=self.device)
+            self.val_spec_diff_best.update(value)
+            self.log("val/spec_diff", value)
+            self.log("val/spec_diff_best", self.val_spec_diff_best.compute())
+        texts = self._probe["text"]
+        if texts and len(texts) == len(self._probe["enc"]):
+            text = gather_uneven(torch.cat(texts))[: self.probe_size]
+            captions = gather_uneven(torch.cat(self._probe["caption"]))[: self.probe_size]
+            i2t, t2i = retrieval_recall_at_1(enc, text, captions)
+            self.log("val/i2t_r1", i2t)
+            self.log("val/t2i_r1", t2i)
+        self._probe = {}
+
+    # --------------------------------------------------------------------------- optimizer
+
+    def configure_optimizers(self) -> Any:
+        """AdamW-style groups: no weight decay on gains, biases and the temperature (ndim < 2)."""
+        decay, no_decay = [], []
+        for parameter in self.parameters():
+            if parameter.requires_grad:
+                (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+        optimizer = self._optimizer_factory(
+            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        )
+        if self._scheduler_factory is None:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = self._scheduler_factory(optimizer, total_steps=total_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # -------------------------------------------------------------------------- checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the frozen reference: it is rebuilt from the config, not trained."""
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(REF_PREFIX)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Supply the rebuilt reference's weights so that strict loading accepts the file."""
+        if self.ref is not None:
+            reference = {REF_PREFIX + k: v for k, v in self.ref.state_dict().items()}
+            checkpoint["state_dict"] = {**checkpoint["state_dict"], **reference}
+
+
+@torch.no_grad()
+def retrieval_recall_at_1(
+    image_features: Tensor, text_features: Tensor, caption_ids: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Image->text and text->image recall@1 among paired samples.
+
+    A retrieval counts as correct when the retrieved item's caption is the query's own
+    caption text: datasets with templated captions repeat captions, and every copy is an
+    equally right answer.
+
+    Shapes:
+        image_features: (n, D), text_features: (n, D), caption_ids: (n,) -> (), ()
+    """
+    similarity = F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    i2t = (caption_ids[similarity.argmax(dim=1)] == caption_ids).float().mean()
+    t2i = (caption_ids[similarity.argmax(dim=0)] == caption_ids).float().mean()
+    return i2t, t2i
+
+
+def _freeze_text_tower(encoder: ImageEncoder) -> None:
+    """Freeze everything of a CLIP-style encoder outside its image tower.
+
+    Tasks without text never reach those parameters; frozen, they stay out of the optimizer
+    and DDP does not wait for gradients that never come.
+    """
+    image_tower = getattr(getattr(encoder, "model", None), "visual", None)
+    if image_tower is None:
+        return
+    keep = {id(p) for p in image_tower.parameters()}
+    for parameter in encoder.parameters():
+        if id(parameter) not in keep:
+            parameter.requires_grad_(False)

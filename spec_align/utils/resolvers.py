@@ -1,0 +1,90 @@
+"""OmegaConf resolvers: the only logic the YAML configs may call.
+
+${dataset_classes:synthetic}      class names of a built-in dataset (null for others)
+${dataset_prompts:synthetic}      zero-shot prompt templates for those classes
+${dataset_num_classes:digits}     number of classes (null for unknown datasets)
+${ref_cache_dim:/path/to/cache}   embedding width stored in a reference cache's meta
+${null_if_empty:${hydra:job.override_dirname}}   "" -> null (e.g. W&B run names)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+__all__ = [
+    "dataset_classes",
+    "dataset_num_classes",
+    "dataset_prompts",
+    "ref_cache_dim",
+    "register_resolvers",
+]
+
+# Templates for zero-shot classification, worded like each dataset's captions.
+_PROMPTS = {
+    "synthetic": ["a {}", "a photo of a {}"],
+    "digits": ["a photo of the digit {}", "a handwritten {}"],
+    "textures": ["a simulated textile, {}", "a photo of a {} textile"],
+}
+
+
+def dataset_classes(name: str | None) -> list[str] | None:
+    """Class names of a built-in dataset in label order; None when unknown."""
+    if name == "synthetic":
+        from spec_align.data.synthetic import CLASSES
+
+        return list(CLASSES)
+    if name == "digits":
+        return [str(d) for d in range(10)]
+    if name == "textures":
+        from spec_align.data.textures import CLASSES
+
+        return list(CLASSES)
+    return None
+
+
+def dataset_prompts(name: str | None) -> list[str]:
+    """Zero-shot prompt templates ("... {} ...") for a dataset's class names."""
+    return list(_PROMPTS.get(name, ["a photo of a {}"]))
+
+
+def dataset_num_classes(name: str | None) -> int | None:
+    """Number of classes of a built-in dataset; None when unknown."""
+    classes = dataset_classes(name)
+    return None if classes is None else len(classes)
+
+
+def ref_cache_dim(path: str) -> int:
+    """Embedding width of a reference cache (from meta.json, else the embeddings' header)."""
+    cache = Path(path)
+    meta = cache / "meta.json"
+    if meta.is_file():
+        return int(json.loads(meta.read_text())["dim"])
+    embeddings = cache / "embeddings.npy"
+    if not embeddings.is_file():
+        raise FileNotFoundError(
+            f"reference cache {cache} does not exist; create it with scripts/precompute_ref.py "
+            "or set ref.embed_dim explicitly"
+        )
+    import numpy as np
+
+    return int(np.load(embeddings, mmap_mode="r").shape[1])
+
+
+def _null_if_empty(value: str | None) -> str | None:
+    return value or None
+
+
+def register_resolvers() -> None:
+    """Register every resolver above; safe to call more than once."""
+    resolvers = {
+        "dataset_classes": dataset_classes,
+        "dataset_prompts": dataset_prompts,
+        "dataset_num_classes": dataset_num_classes,
+        "ref_cache_dim": ref_cache_dim,
+        "null_if_empty": _null_if_empty,
+    }
+    for name, function in resolvers.items():
+        OmegaConf.register_new_resolver(name, function, replace=True)

@@ -1,0 +1,20 @@
+"""Train SPEC-align: `python train.py [group=option ...] [key=value ...]` (see conf/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from spec_align.train import run
+from spec_align.utils import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics, _ = run(cfg)
+    # The value a sweeper (e.g. Optuna) optimises.
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
