@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run demo test test-full bench format
+.PHONY: install run demo test test-full bench bench-penalty bench-data format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-run: demo
+run: install
+	$(PY) train.py
 
 demo: install
 	$(PY) -m spec_align.demo
@@ -27,6 +28,12 @@ test-full: install
 
 bench: install
 	$(PY) scripts/bench_spec.py
+
+bench-penalty: install
+	$(PY) scripts/bench_penalty.py
+
+bench-data: install
+	$(PY) scripts/bench_data.py
 
 format: install
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .

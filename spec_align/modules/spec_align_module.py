@@ -90,8 +90,10 @@ class SpecAlignModule(LightningModule):
 
     Logged keys (see `metric_names`): train/loss, train/task_loss, train/spec_diff (steps with
     the penalty active), train/data_wait_s (time waiting for the batch), train/num_skipped
-    (corrupt samples skipped so far); val/spec_diff (float64 SPEC-diff on the fixed probe set:
-    the first `probe_size` validation samples), val/spec_diff_best, val/task_loss,
+    (corrupt samples skipped so far); val/spec_diff (float64 SPEC-diff of the exact kernels,
+    with the penalty's bandwidths, on the fixed probe set: the first `probe_size` validation
+    samples), val/spec_diff_features (the same with the penalty's random-feature maps),
+    val/spec_diff_best, val/task_loss,
     val/zero_shot_acc (class prompts), val/i2t_r1 and val/t2i_r1 (caption retrieval on the
     probe set), val/acc (classification head).
 
@@ -173,7 +175,12 @@ class SpecAlignModule(LightningModule):
         """Keys this configuration can log (optimized_metric must be one of them)."""
         names = ["train/loss", "train/task_loss", "train/data_wait_s", "train/num_skipped"]
         if self.penalty is not None:
-            names += ["train/spec_diff", "val/spec_diff", "val/spec_diff_best"]
+            names += [
+                "train/spec_diff",
+                "val/spec_diff",
+                "val/spec_diff_features",
+                "val/spec_diff_best",
+            ]
         if self.encoder.has_text:
             names += ["val/i2t_r1", "val/t2i_r1"]
         if self.task_loss.weight > 0:
@@ -348,9 +355,11 @@ class SpecAlignModule(LightningModule):
         if self.penalty is not None:
             ref = gather_uneven(torch.cat(self._probe["ref"]))[: self.probe_size]
             self.penalty.fit(enc, ref)
-            value = torch.tensor(self.penalty.evaluate(enc, ref), device=self.device)
+            values = self.penalty.evaluate(enc, ref)
+            value = torch.tensor(values["exact"], device=self.device)
             self.val_spec_diff_best.update(value)
             self.log("val/spec_diff", value)
+            self.log("val/spec_diff_features", values["features"])
             self.log("val/spec_diff_best", self.val_spec_diff_best.compute())
         texts = self._probe["text"]
         if texts and len(texts) == len(self._probe["enc"]):
