@@ -230,7 +230,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         batch_size=cfg.data.batch_size // world,
         val_batch_size=None if val_batch is None else val_batch // world,
     )
-    _ensure_ref_cache(cfg, datamodule)
+    # Building the cache draws random numbers (the builder's init); it must not shift the
+    # model's initialisation, or a run's result would depend on whether the cache existed.
+    with torch.random.fork_rng(devices=[]):
+        _ensure_ref_cache(cfg, datamodule)
     module = instantiate(cfg.model)
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in module.metric_names:
