@@ -68,13 +68,14 @@ def test_precomputed_reference_from_the_cache(compose_train, tmp_path):
     assert math.isfinite(metrics["val/spec_diff"])
 
 
-def test_building_the_reference_cache_does_not_change_the_model_init(compose_train):
+def test_building_the_reference_cache_does_not_change_the_model_init(compose_train, tmp_path):
     """A run's result must not depend on whether its reference cache already existed."""
     cfg = compose_train(
         *SHORT,
         "ref=efficientnet_cached",
         "ref.builder.pretrained=false",
         "ref.builder.image_size=32",
+        f"ref.cache_dir={tmp_path / 'ref_cache'}",  # not the session's shared cache
         "train=false",
     )
     cache = Path(cfg.ref.cache_dir)
