@@ -31,6 +31,7 @@ from spec_align.callbacks.render import (
     tracks_plot,
 )
 from spec_align.callbacks.tracking import ModeTracker
+from spec_align.data.wds import images_to_float
 from spec_align.spec import SpecResult, compare, estimate_sigma
 from spec_align.utils.distributed import gather_uneven, world_size
 
@@ -517,7 +518,7 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 def _thumbnails(images: Tensor, size: int) -> Tensor:
     """uint8 (B, 3, size, size) display copies; images outside [0, 1] are min-max scaled."""
-    images = images.float()
+    images = images_to_float(images).float()
     if images.min() < 0 or images.max() > 1:
         low = images.amin(dim=(1, 2, 3), keepdim=True)
         high = images.amax(dim=(1, 2, 3), keepdim=True)

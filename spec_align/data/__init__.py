@@ -24,6 +24,7 @@ from spec_align.data.wds import (
     build_train_pipeline,
     collate,
     decode_sample,
+    images_to_float,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "expand_shards",
     "images_from_csv",
     "images_from_folder",
+    "images_to_float",
     "make_shards",
     "read_sizes",
     "write_ref_cache",

@@ -58,7 +58,8 @@ class WdsDataModule(LightningDataModule):
     epoch. Validation reads every val shard once in order, split by rank then worker.
 
     Batches (dict):
-        image: float (B, 3, H, W), after `train_transform` / `eval_transform`.
+        image: (B, 3, H, W) as `train_transform` / `eval_transform` return it: uint8 from
+            the default `ResizeToTensor` (scale on the device with `images_to_float`).
         text: list[str] captions, "" where a sample has none.
         label: long (B,), -1 where a sample has no `cls`.
         key: list[str] sample keys.

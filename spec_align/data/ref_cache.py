@@ -156,7 +156,12 @@ def compute_ref_cache(
     """
     # Imported here: the pipeline module imports this one for RefCache.
     from spec_align.data.shards import expand_shards
-    from spec_align.data.wds import ResizeToTensor, SkipCounter, build_eval_pipeline
+    from spec_align.data.wds import (
+        ResizeToTensor,
+        SkipCounter,
+        build_eval_pipeline,
+        images_to_float,
+    )
 
     urls = expand_shards(shards)
     num_workers = min(num_workers, len(urls))
@@ -174,7 +179,7 @@ def compute_ref_cache(
     keys: list[str] = []
     chunks: list[np.ndarray] = []
     for batch in loader:
-        features = encoder(batch["image"].to(device))
+        features = encoder(images_to_float(batch["image"].to(device)))
         chunks.append(features.float().cpu().numpy())
         keys.extend(batch["key"])
     if not keys:

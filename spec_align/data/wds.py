@@ -48,6 +48,7 @@ __all__ = [
     "build_train_pipeline",
     "collate",
     "decode_sample",
+    "images_to_float",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,14 @@ ImageTransform = Callable[[Image.Image], Tensor]
 
 
 class ResizeToTensor:
-    """Default transform: RGB, bilinear resize to a square, float tensor in [0, 1].
+    """Default transform: RGB, bilinear resize to a square, uint8 tensor (as `PILToTensor`).
+
+    Images stay uint8 until they reach the device, where `images_to_float` scales them to
+    [0, 1]: a quarter of the bytes through worker queues, pinned memory and host-to-device
+    copies, and one vectorised conversion per batch instead of one per sample.
 
     Shapes:
-        PIL image -> (3, size, size)
+        PIL image -> uint8 (3, size, size)
     """
 
     def __init__(self, size: int = 32) -> None:
@@ -68,15 +73,26 @@ class ResizeToTensor:
         self.size = size
 
     def __call__(self, image: Image.Image) -> Tensor:
-        image = image.convert("RGB")
+        if image.mode != "RGB":
+            image = image.convert("RGB")
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        # Scaling in numpy costs half as much as the same torch ops on a small image.
-        array = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
-        return torch.from_numpy(array).permute(2, 0, 1)
+        # HWC -> CHW copied here: contiguous samples make batch stacking a plain memcpy.
+        return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
 
     def __repr__(self) -> str:
         return f"ResizeToTensor(size={self.size})"
+
+
+def images_to_float(images: Tensor) -> Tensor:
+    """uint8 images in [0, 255] -> float32 in [0, 1] (same device); other dtypes unchanged.
+
+    Shapes:
+        (..., 3, H, W) -> (..., 3, H, W)
+    """
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    return images
 
 
 class SharedEpoch:
@@ -218,7 +234,7 @@ def decode_sample(
         with Image.open(io.BytesIO(sample[ext])) as image:
             # load() forces full decoding here, so truncated files fail inside the handler.
             image.load()
-            pixels = transform(image.convert("RGB"))
+            pixels = transform(image if image.mode == "RGB" else image.convert("RGB"))
     except Exception as exn:
         url = sample.get("__url__")
         raise ValueError(f"undecodable image {key}.{ext} in {url}: {exn}") from exn
@@ -240,7 +256,8 @@ def collate(samples: list[dict], num_skipped: int = 0) -> dict[str, Any]:
     """Stack decoded samples into a batch.
 
     Returns:
-        image: float (B, 3, H, W); text: list[str] ("" where absent); label: long (B,) (-1
+        image: (B, 3, H, W), as the transform returns it (uint8 from the default one: see
+        `images_to_float`); text: list[str] ("" where absent); label: long (B,) (-1
         where absent); key: list[str]; meta: list[dict | None]; ref: float (B, d), present only
         when every sample has one; num_skipped: long scalar, samples and shard remainders
         skipped so far by this process's loader (all workers together, whole run).

@@ -16,6 +16,7 @@ from torchmetrics import MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from spec_align.data.datamodule import DataWaitTimer
+from spec_align.data.wds import images_to_float
 from spec_align.encoders.base import FrozenEncoder, ImageEncoder
 from spec_align.losses.spectral import SpectralPenalty
 from spec_align.losses.task import ClassificationLoss, TaskLoss
@@ -27,9 +28,9 @@ REF_PREFIX = "ref."  # state-dict prefix of the frozen reference, never written 
 
 
 class ViewAdapter(nn.Module):
-    """Turns the batch's [0, 1] images into one encoder's input: resize, then normalise.
+    """Turns the batch's images into one encoder's input: scale to [0, 1], resize, normalise.
 
-    The data pipeline produces a single view per sample (one crop, values in [0, 1]); each
+    The data pipeline produces a single view per sample (one crop, uint8 or [0, 1]); each
     encoder gets that same view at its own resolution and normalisation, so the trainable
     encoder and the reference always embed the same pixels (spec_math.md section 4, bug 2).
 
@@ -39,7 +40,7 @@ class ViewAdapter(nn.Module):
         std: per-channel std the encoder expects divided by.
 
     Shapes:
-        forward: (B, 3, H, W) in [0, 1] -> (B, 3, image_size, image_size)
+        forward: (B, 3, H, W) uint8, or float in [0, 1] -> (B, 3, image_size, image_size)
     """
 
     mean: Tensor
@@ -58,6 +59,7 @@ class ViewAdapter(nn.Module):
         return cls(encoder.image_size, encoder.image_mean, encoder.image_std)
 
     def forward(self, images: Tensor) -> Tensor:
+        images = images_to_float(images)  # on the device: batches travel as uint8
         size = (self.image_size, self.image_size)
         if images.shape[-2:] != size:
             # antialias: downscaling without it aliases fine textures, which a reference sees.

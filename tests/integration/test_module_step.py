@@ -126,6 +126,9 @@ def test_both_encoders_see_the_same_view():
     std = torch.tensor(module.encoder.image_std).view(1, 3, 1, 1)
     torch.testing.assert_close(adapted, (expected - mean) / std)
     assert isinstance(module.ref_view, ViewAdapter)
+    # uint8 batches (the default transform's) are the same pixels scaled by 1/255.
+    pixels = (images * 255).round().to(torch.uint8)
+    torch.testing.assert_close(module.encoder_view(pixels), module.encoder_view(pixels / 255))
 
 
 def test_penalty_bandwidths_are_fixed_once_from_data():

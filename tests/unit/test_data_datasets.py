@@ -66,7 +66,7 @@ def test_synthetic_captions_labels_and_metadata_match_the_ground_truth(small_syn
     for texture, frequency in zip(synthetic.TEXTURES, synthetic.TEXTURE_FREQUENCIES, strict=True):
         assert abs(counts[texture] / 600 - frequency) < 0.06
     # Images show the attributes: the shape's colour dominates its side of the image.
-    image = batch["image"][0]
+    image = batch["image"][0].float()
     attrs = attributes[batch["key"][0]]
     half = image[:, :, :16] if attrs["side"] == "left" else image[:, :, 16:]
     channel = synthetic.COLOURS.index(attrs["colour"])

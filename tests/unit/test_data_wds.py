@@ -21,9 +21,26 @@ from spec_align.data import (
     check_shard_count,
     compute_ref_cache,
     expand_shards,
+    images_to_float,
     write_ref_cache,
     write_shards,
 )
+
+def test_default_transform_keeps_uint8_pixels_and_images_to_float_scales_them():
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    out = ResizeToTensor(7)(image.resize((7, 7)))
+    assert out.dtype == torch.uint8 and out.shape == (3, 7, 7)
+    same_size = ResizeToTensor(5)(Image.fromarray(pixels[:5, :5]))
+    assert torch.equal(same_size, torch.from_numpy(pixels[:5, :5]).permute(2, 0, 1))
+    grey = ResizeToTensor(5)(Image.fromarray(pixels[:5, :5, 0], mode="L"))
+    assert grey.shape == (3, 5, 5) and torch.equal(grey[0], grey[2])
+    scaled = images_to_float(same_size[None])
+    assert scaled.dtype == torch.float32
+    torch.testing.assert_close(scaled * 255, same_size[None].float(), rtol=0, atol=1e-4)
+    already = torch.rand(2, 3, 4, 4)
+    assert images_to_float(already) is already
+
 
 NUM_SAMPLES = 96
 PER_SHARD = 16  # -> 6 shards
@@ -40,7 +57,7 @@ def _png(index: int) -> bytes:
 
 def _index_of(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) images from `_png` -> (B,) sample indices."""
-    rgb = (images.mean(dim=(2, 3)) * 255).round().long()
+    rgb = (images_to_float(images).mean(dim=(2, 3)) * 255).round().long()
     return rgb[:, 0] + 256 * rgb[:, 1]
 
 
@@ -88,7 +105,7 @@ def test_round_trip_reads_back_every_sample(shards):
         assert texts[i] == (f"caption {i}" if i % 3 else "")
         assert labels[i] == (i % 5 if i % 3 else -1)
     batch = batches[0]
-    assert batch["image"].shape == (10, 3, 8, 8) and batch["image"].dtype == torch.float32
+    assert batch["image"].shape == (10, 3, 8, 8) and batch["image"].dtype == torch.uint8
     assert batch["label"].dtype == torch.long
     assert batch["meta"][3] == {"index": 3}
     assert "ref" not in batch and int(batch["num_skipped"]) == 0
