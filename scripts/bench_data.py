@@ -5,8 +5,9 @@
 For each dataset: the images' raw decode rate in one process (PIL decode + RGB, the limit
 one worker can reach), the same plus the default transform, and the WdsDataModule training
 loader (resampled shards, shuffle buffer, decode, transform, collation in workers), measured
-as the best of three warm epochs after one warm-up epoch with persistent workers, and the same loader without
-workers (pipeline cost without inter-process transfer). Prints a markdown table.
+as the best of three warm epochs after one warm-up epoch with persistent workers, and the
+same loader without workers (pipeline cost without inter-process transfer). Prints a
+markdown table.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=10, help="measured steps per setting")
     parser.add_argument("--big-steps", type=int, default=3, help="steps for vit-b-32 on CPU")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rff-dim", type=int, default=128, help="as conf/loss/gaussian.yaml")
+    parser.add_argument("--rff-dim", type=int, default=2048, help="as conf/loss/gaussian.yaml")
     parser.add_argument("--kernel", default="gaussian", choices=["gaussian", "cosine"])
     args = parser.parse_args(argv)
 

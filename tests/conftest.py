@@ -13,12 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from spec_align.utils import register_resolvers
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-
-# A synthetic set small enough for seconds-long runs: 8 train and 4 val shards of 32 samples.
-SMALL_SYNTHETIC = "{num_train: 256, num_val: 128, samples_per_shard: 32}"
+from tests.helpers import CONF_DIR, SMALL_SYNTHETIC
 
 # Offline, CPU-only, tiny and fast: every test config starts from these overrides.
 BASE_OVERRIDES = [

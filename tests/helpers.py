@@ -1,4 +1,4 @@
-"""Shared test data and checks: clustered embedding pairs and the report checker."""
+"""Shared test data and checks: config paths, clustered embedding pairs, the report checker."""
 
 import json
 import re
@@ -7,6 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# A synthetic set small enough for seconds-long runs: 8 train and 4 val shards of 32 samples.
+SMALL_SYNTHETIC = "{num_train: 256, num_val: 128, samples_per_shard: 32}"
 
 
 def clustered_pair(n=80, d_x=6, d_y=5, seed=0, groups=4):

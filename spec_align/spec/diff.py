@@ -84,17 +84,19 @@ def spec_diff_features(phi_x: Tensor, phi_y: Tensor, *, eta: float = 1.0) -> Ten
     check_eta(eta)
     n, dim_x = phi_x.shape
     with torch.autocast(phi_x.device.type, enabled=False):
-        joint = joint_features(phi_x, phi_y, eta) / math.sqrt(n)
-        signed = torch.cat([joint[:, :dim_x], -joint[:, dim_x:]], dim=1)
-        if n <= joint.shape[1]:
-            # Only the eigenvector needs the n x n kernel; the value with gradient is
-            # u^T Delta u = ||Psi_x^T u||^2 - ||Psi_y^T u||^2, O(n m) instead of differentiating
-            # the O(n^2 m) product (twice its cost again in the backward pass).
+        if n <= dim_x + phi_y.shape[1]:
+            x, y = phi_x.to(torch.float64), phi_y.to(torch.float64)
+            # Only the eigenvector needs the n x n kernel (n Delta, same eigenvectors); the
+            # value with gradient is u^T Delta u = (||x^T u||^2 - eta ||y^T u||^2) / n,
+            # O(n m) instead of differentiating the O(n^2 m) product (twice its cost again in
+            # the backward pass). No joint matrix: at batch size this path is a training
+            # step's hot loop, and copying or scaling (n, m) float64 blocks costs as much as
+            # the products themselves.
             with torch.no_grad():
-                u = _dominant_eigenvector(signed @ joint.T)
-            projected = u @ joint
-            value = projected[:dim_x].square().sum() - projected[dim_x:].square().sum()
+                u = _dominant_eigenvector(torch.addmm(x @ x.T, y, y.T, alpha=-eta))
+            value = ((u @ x).square().sum() - eta * (u @ y).square().sum()) / n
             return value.abs().to(phi_x.dtype)
+        joint = joint_features(phi_x, phi_y, eta) / math.sqrt(n)
         cov = joint.T @ joint
         with torch.no_grad():
             values, vectors, _ = feature_space_eigh(cov, dim_x, 1 + eta, count=1)

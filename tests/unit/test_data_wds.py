@@ -26,6 +26,7 @@ from spec_align.data import (
     write_shards,
 )
 
+
 def test_default_transform_keeps_uint8_pixels_and_images_to_float_scales_them():
     pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
