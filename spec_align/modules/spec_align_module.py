@@ -20,7 +20,13 @@ from spec_align.data.wds import images_to_float
 from spec_align.encoders.base import FrozenEncoder, ImageEncoder
 from spec_align.losses.spectral import SpectralPenalty
 from spec_align.losses.task import ClassificationLoss, TaskLoss
-from spec_align.utils.distributed import gather_uneven, gather_with_grad, world_size
+from spec_align.utils.distributed import (
+    all_ranks,
+    any_rank,
+    gather_uneven,
+    gather_with_grad,
+    world_size,
+)
 
 __all__ = ["SpecAlignModule", "ViewAdapter"]
 
@@ -350,12 +356,17 @@ class SpecAlignModule(LightningModule):
             self.log("val/zero_shot_acc", self.val_zero_shot)
         if isinstance(self.task_loss, ClassificationLoss):
             self.log("val/acc", self.val_acc)
-        if not self._probe.get("enc"):
+        probe = {key: self._probe.get(key, []) for key in ("enc", "ref", "text", "caption")}
+        self._probe = {}
+        # Collectives from here on, taken by every rank, also one whose share of the ordered
+        # validation stream held no probe rows: a rank that skipped them would hang the rest.
+        if not any_rank(bool(probe["enc"]), self.device):
             return
-        enc = gather_uneven(torch.cat(self._probe["enc"]))[: self.probe_size]
+        width = self.encoder.embed_dim
+        enc = self._gather_probe(probe["enc"], width)
         # Probe metrics are computed from gathered tensors, identical on every rank: no sync.
         if self.penalty is not None:
-            ref = gather_uneven(torch.cat(self._probe["ref"]))[: self.probe_size]
+            ref = self._gather_probe(probe["ref"], self.ref_dim)
             self.penalty.fit(enc, ref)
             values = self.penalty.evaluate(enc, ref)
             value = torch.tensor(values["exact"], device=self.device)
@@ -363,14 +374,24 @@ class SpecAlignModule(LightningModule):
             self.log("val/spec_diff", value)
             self.log("val/spec_diff_features", values["features"])
             self.log("val/spec_diff_best", self.val_spec_diff_best.compute())
-        texts = self._probe["text"]
-        if texts and len(texts) == len(self._probe["enc"]):
-            text = gather_uneven(torch.cat(texts))[: self.probe_size]
-            captions = gather_uneven(torch.cat(self._probe["caption"]))[: self.probe_size]
+        # Retrieval needs captions for every probe row of every rank.
+        if all_ranks(len(probe["text"]) == len(probe["enc"]), self.device):
+            text = self._gather_probe(probe["text"], width)
+            captions = self._gather_probe(probe["caption"], None, torch.long)
             i2t, t2i = retrieval_recall_at_1(enc, text, captions)
             self.log("val/i2t_r1", i2t)
             self.log("val/t2i_r1", t2i)
-        self._probe = {}
+
+    def _gather_probe(
+        self, chunks: list[Tensor], width: int | None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        """The first `probe_size` rows over all ranks (a collective); `width` None: 1-D."""
+        if chunks:
+            local = torch.cat(chunks)
+        else:
+            shape = (0,) if width is None else (0, width)
+            local = torch.zeros(shape, dtype=dtype, device=self.device)
+        return gather_uneven(local)[: self.probe_size]
 
     # --------------------------------------------------------------------------- optimizer
 

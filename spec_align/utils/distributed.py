@@ -13,12 +13,29 @@ import torch.distributed as dist
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-__all__ = ["gather_uneven", "gather_with_grad", "world_size"]
+__all__ = ["all_ranks", "any_rank", "gather_uneven", "gather_with_grad", "world_size"]
 
 
 def world_size() -> int:
     """Number of processes in the default group (1 when not distributed)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether `flag` is true on every rank: a collective, so every rank must call it.
+
+    `device` is where the backend reduces (CUDA for NCCL, CPU for gloo).
+    """
+    if world_size() == 1:
+        return flag
+    value = torch.tensor(int(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value)
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether `flag` is true on some rank: a collective, so every rank must call it."""
+    return not all_ranks(not flag, device)
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from spec_align.losses import SpectralPenalty
+from spec_align.encoders import TINY_CLIP, ClipEncoder
+from spec_align.losses import ContrastiveLoss, SpectralPenalty
+from spec_align.modules import SpecAlignModule
 from spec_align.utils.distributed import gather_with_grad
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +86,58 @@ def test_ddp_sim_trains_with_two_processes(tmp_path, train_cli_args, subprocess_
     assert not [k for k in checkpoint["state_dict"] if k.startswith("ref.")]
     metrics = (run_dir / "csv" / "metrics.csv").read_text()
     assert "val/spec_diff" in metrics and "train/spec_diff_step" in metrics
+
+
+def _probe_rows(seed: int, rows: int) -> dict[str, list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "enc": [torch.randn(rows, 64, generator=generator)],
+        "ref": [torch.randn(rows, 12, generator=generator)],
+        "text": [torch.nn.functional.normalize(torch.randn(rows, 64, generator=generator))],
+        "caption": [torch.arange(rows)],
+    }
+
+
+def _probe_module() -> SpecAlignModule:
+    torch.manual_seed(0)
+    return SpecAlignModule(
+        encoder=ClipEncoder(TINY_CLIP, pretrained=None),
+        task_loss=ContrastiveLoss(),
+        penalty=SpectralPenalty(rff_dim=16),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        ref_dim=12,
+        probe_size=64,
+    )
+
+
+def _validation_end(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),  # a rank left out of a collective fails, not hangs
+    )
+    try:
+        module, logged = _probe_module(), {}
+        module.log = lambda name, value, **kwargs: logged.setdefault(name, float(value))
+        # Rank 1's share of the validation stream held no probe rows.
+        module._probe = _probe_rows(0, 40) if rank == 0 else {k: [] for k in _probe_rows(0, 1)}
+        module.on_validation_epoch_end()
+        torch.save(logged, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_validation_end_with_a_rank_that_has_no_probe_rows(tmp_path):
+    port = 29500 + int(torch.randint(1000, 2000, ()))
+    out = str(tmp_path / "logged")
+    mp.spawn(_validation_end, args=(2, port, out), nprocs=2, join=True)
+    single, logged = _probe_module(), {}
+    single.log = lambda name, value, **kwargs: logged.setdefault(name, float(value))
+    single._probe = _probe_rows(0, 40)
+    single.on_validation_epoch_end()
+    assert {"val/spec_diff", "val/spec_diff_features", "val/t2i_r1"} <= set(logged)
+    for rank in (0, 1):  # both ranks log the metrics of the 40 rows that exist
+        assert torch.load(f"{out}.{rank}") == pytest.approx(logged)
