@@ -268,7 +268,8 @@ class ClusterLogCallback(Callback):
             count += rows
             if count >= share:
                 break
-        local = torch.cat(thumbnails) if thumbnails else torch.empty(0, dtype=torch.uint8)
+        # A rank whose share of the validation stream is empty still joins the gathers.
+        local = torch.cat(thumbnails) if thumbnails else torch.empty(0, 0, 0, 0, dtype=torch.uint8)
         everything = gather_uneven(local.to(pl_module.device)).cpu()[: self.probe_size]
         info = _gather_objects(info)[: self.probe_size]
         if len(info) < 2 * self.top_k:
@@ -301,7 +302,12 @@ class ClusterLogCallback(Callback):
                 encoder.append(pl_module(batch["image"]).float())
                 reference.append(pl_module.reference(batch).float())
         n = len(self._probe["keys"])
-        return gather_uneven(torch.cat(encoder))[:n], gather_uneven(torch.cat(reference))[:n]
+        # Empty, with an unknown width, on a rank without probe rows: it still joins the gathers.
+        encoder, reference = (
+            torch.cat(rows) if rows else torch.empty(0, 0, device=device)
+            for rows in (encoder, reference)
+        )
+        return gather_uneven(encoder)[:n], gather_uneven(reference)[:n]
 
     def _analyse(self, trainer: Trainer, encoder: Tensor, reference: Tensor, step: int) -> None:
         x, y = encoder.double(), reference.double()

@@ -71,9 +71,15 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
 def gather_uneven(tensor: Tensor) -> Tensor:
     """Rows of all ranks in rank order, without gradient; ranks may hold different counts.
 
+    A rank with no rows still has to take part: it passes an empty tensor of the same number
+    of dimensions, whose other sizes may be anything (e.g. (0, 0) when it cannot know the
+    embedding width).
+
     Shapes:
         tensor: (b_rank, ...) -> (sum of b_rank, ...)
     """
     if world_size() == 1:
         return tensor
-    return torch.cat(gather_all_tensors(tensor))
+    parts = gather_all_tensors(tensor)
+    filled = [part for part in parts if len(part)]
+    return torch.cat(filled) if filled else parts[0]

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from spec_align.encoders import TINY_CLIP, ClipEncoder
 from spec_align.losses import ContrastiveLoss, SpectralPenalty
 from spec_align.modules import SpecAlignModule
-from spec_align.utils.distributed import gather_with_grad
+from spec_align.utils.distributed import gather_uneven, gather_with_grad
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,7 +124,12 @@ def _validation_end(rank: int, world: int, port: int, out: str) -> None:
         # Rank 1's share of the validation stream held no probe rows.
         module._probe = _probe_rows(0, 40) if rank == 0 else {k: [] for k in _probe_rows(0, 1)}
         module.on_validation_epoch_end()
-        torch.save(logged, f"{out}.{rank}")
+        # What the cluster callback gathers: a rank without rows does not know their width.
+        rows, images = torch.arange(15.0).view(3, 5), torch.ones(2, 3, 4, 4, dtype=torch.uint8)
+        if rank == 1:
+            rows, images = torch.empty(0, 0), torch.empty(0, 0, 0, 0, dtype=torch.uint8)
+        gathered = {"rows": gather_uneven(rows), "images": gather_uneven(images)}
+        torch.save({"logged": logged, **gathered}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -140,4 +145,7 @@ def test_validation_end_with_a_rank_that_has_no_probe_rows(tmp_path):
     single.on_validation_epoch_end()
     assert {"val/spec_diff", "val/spec_diff_features", "val/t2i_r1"} <= set(logged)
     for rank in (0, 1):  # both ranks log the metrics of the 40 rows that exist
-        assert torch.load(f"{out}.{rank}") == pytest.approx(logged)
+        result = torch.load(f"{out}.{rank}")
+        assert result["logged"] == pytest.approx(logged)
+        assert torch.equal(result["rows"], torch.arange(15.0).view(3, 5))
+        assert result["images"].shape == (2, 3, 4, 4)
