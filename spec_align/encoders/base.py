@@ -86,6 +86,7 @@ class FrozenEncoder(ImageEncoder):
         self.train_transform = encoder.train_transform
         self.eval_transform = encoder.eval_transform
         self.has_text = encoder.has_text
+        self.eval()  # the wrapper too, not only the wrapped network
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         """Ignore ``mode``: batch-norm statistics and dropout of a reference must not change."""

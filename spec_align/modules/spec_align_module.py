@@ -148,8 +148,6 @@ class SpecAlignModule(LightningModule):
 
         if ref is not None and not isinstance(ref, FrozenEncoder):
             ref = FrozenEncoder(ref)
-        if ref is not None:
-            ref.eval()  # the wrapper's own flag too, not only the wrapped network's
         if ref is not None and ref_dim is not None and ref_dim != ref.embed_dim:
             raise ValueError(f"ref_dim={ref_dim} but the reference network gives {ref.embed_dim}")
         self.ref = ref

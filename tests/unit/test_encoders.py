@@ -117,7 +117,9 @@ def test_train_and_eval_transforms_differ(name, request, photo):
 
 def test_frozen_encoder_has_no_grads_and_stays_in_eval():
     encoder = DinoV2Encoder(**TINY_VIT)
-    parent = nn.ModuleDict({"ref": FrozenEncoder(encoder), "head": nn.Linear(2, 2)})
+    frozen = FrozenEncoder(encoder)
+    assert not any(m.training for m in frozen.modules())  # from construction on
+    parent = nn.ModuleDict({"ref": frozen, "head": nn.Linear(2, 2)})
     parent.train()
     ref = parent["ref"]
     assert not ref.training and not any(m.training for m in ref.modules())
