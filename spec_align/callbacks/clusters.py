@@ -33,7 +33,7 @@ from spec_align.callbacks.render import (
 from spec_align.callbacks.tracking import ModeTracker
 from spec_align.data.wds import images_to_float
 from spec_align.spec import SpecResult, compare, estimate_sigma
-from spec_align.utils.distributed import gather_uneven, world_size
+from spec_align.utils.distributed import gather_chunks, world_size
 
 __all__ = ["DIRECTIONS", "ClusterLogCallback", "dominant_attribute", "label_purity"]
 
@@ -269,8 +269,9 @@ class ClusterLogCallback(Callback):
             if count >= share:
                 break
         # A rank whose share of the validation stream is empty still joins the gathers.
-        local = torch.cat(thumbnails) if thumbnails else torch.empty(0, 0, 0, 0, dtype=torch.uint8)
-        everything = gather_uneven(local.to(pl_module.device)).cpu()[: self.probe_size]
+        device = pl_module.device
+        local = [t.to(device) for t in thumbnails]
+        everything = gather_chunks(local, 4, torch.uint8, device).cpu()[: self.probe_size]
         info = _gather_objects(info)[: self.probe_size]
         if len(info) < 2 * self.top_k:
             raise ValueError(
@@ -302,12 +303,11 @@ class ClusterLogCallback(Callback):
                 encoder.append(pl_module(batch["image"]).float())
                 reference.append(pl_module.reference(batch).float())
         n = len(self._probe["keys"])
-        # Empty, with an unknown width, on a rank without probe rows: it still joins the gathers.
-        encoder, reference = (
-            torch.cat(rows) if rows else torch.empty(0, 0, device=device)
-            for rows in (encoder, reference)
+        # A rank without probe rows still joins the gathers.
+        return (
+            gather_chunks(encoder, device=device)[:n],
+            gather_chunks(reference, device=device)[:n],
         )
-        return gather_uneven(encoder)[:n], gather_uneven(reference)[:n]
 
     def _analyse(self, trainer: Trainer, encoder: Tensor, reference: Tensor, step: int) -> None:
         x, y = encoder.double(), reference.double()

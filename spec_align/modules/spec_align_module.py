@@ -23,6 +23,7 @@ from spec_align.losses.task import ClassificationLoss, TaskLoss
 from spec_align.utils.distributed import (
     all_ranks,
     any_rank,
+    gather_chunks,
     gather_uneven,
     gather_with_grad,
     world_size,
@@ -360,11 +361,10 @@ class SpecAlignModule(LightningModule):
         # validation stream held no probe rows: a rank that skipped them would hang the rest.
         if not any_rank(bool(probe["enc"]), self.device):
             return
-        width = self.encoder.embed_dim
-        enc = self._gather_probe(probe["enc"], width)
+        enc = self._gather_probe(probe["enc"])
         # Probe metrics are computed from gathered tensors, identical on every rank: no sync.
         if self.penalty is not None:
-            ref = self._gather_probe(probe["ref"], self.ref_dim)
+            ref = self._gather_probe(probe["ref"])
             self.penalty.fit(enc, ref)
             values = self.penalty.evaluate(enc, ref)
             value = torch.tensor(values["exact"], device=self.device)
@@ -374,22 +374,17 @@ class SpecAlignModule(LightningModule):
             self.log("val/spec_diff_best", self.val_spec_diff_best.compute())
         # Retrieval needs captions for every probe row of every rank.
         if all_ranks(len(probe["text"]) == len(probe["enc"]), self.device):
-            text = self._gather_probe(probe["text"], width)
-            captions = self._gather_probe(probe["caption"], None, torch.long)
+            text = self._gather_probe(probe["text"])
+            captions = self._gather_probe(probe["caption"], ndim=1, dtype=torch.long)
             i2t, t2i = retrieval_recall_at_1(enc, text, captions)
             self.log("val/i2t_r1", i2t)
             self.log("val/t2i_r1", t2i)
 
     def _gather_probe(
-        self, chunks: list[Tensor], width: int | None, dtype: torch.dtype = torch.float32
+        self, chunks: list[Tensor], ndim: int = 2, dtype: torch.dtype = torch.float32
     ) -> Tensor:
-        """The first `probe_size` rows over all ranks (a collective); `width` None: 1-D."""
-        if chunks:
-            local = torch.cat(chunks)
-        else:
-            shape = (0,) if width is None else (0, width)
-            local = torch.zeros(shape, dtype=dtype, device=self.device)
-        return gather_uneven(local)[: self.probe_size]
+        """The first `probe_size` rows over all ranks (a collective)."""
+        return gather_chunks(chunks, ndim, dtype, self.device)[: self.probe_size]
 
     # --------------------------------------------------------------------------- optimizer
 

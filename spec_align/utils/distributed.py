@@ -8,12 +8,21 @@ size again, so the parameters receive exactly dL/dtheta of the global-batch loss
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-__all__ = ["all_ranks", "any_rank", "gather_uneven", "gather_with_grad", "world_size"]
+__all__ = [
+    "all_ranks",
+    "any_rank",
+    "gather_chunks",
+    "gather_uneven",
+    "gather_with_grad",
+    "world_size",
+]
 
 
 def world_size() -> int:
@@ -83,3 +92,22 @@ def gather_uneven(tensor: Tensor) -> Tensor:
     parts = gather_all_tensors(tensor)
     filled = [part for part in parts if len(part)]
     return torch.cat(filled) if filled else parts[0]
+
+
+def gather_chunks(
+    chunks: Sequence[Tensor],
+    ndim: int = 2,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """`gather_uneven` of this rank's chunks, concatenated; a rank without any sends an empty
+    `ndim`-dimensional `dtype` tensor on `device` (its other sizes come from the other ranks).
+
+    Shapes:
+        chunks: [(b_i, ...)] -> (sum over ranks of sum b_i, ...)
+    """
+    if chunks:
+        local = torch.cat(list(chunks))
+    else:
+        local = torch.empty((0,) * ndim, dtype=dtype, device=device)
+    return gather_uneven(local)
