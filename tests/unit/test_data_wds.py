@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from spec_align.data import wds as wds_module
 from spec_align.data import (
     RefCache,
     RefCacheMissError,
@@ -25,6 +26,7 @@ from spec_align.data import (
     write_ref_cache,
     write_shards,
 )
+from spec_align.data.wds import _tar_members
 
 
 def test_default_transform_keeps_uint8_pixels_and_images_to_float_scales_them():
@@ -210,6 +212,58 @@ def test_corrupt_shards_and_images_are_skipped_and_counted(tmp_path):
     # 3 bad samples + the truncated tail + the garbage file, at least one event each.
     assert counter.value >= 5
     assert int(batches[-1]["num_skipped"]) == counter.value
+
+
+def _tar_bytes(members: list[tuple[str, bytes]], fmt: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        directory = tarfile.TarInfo("some/dir")
+        directory.type = tarfile.DIRTYPE  # carries no sample data
+        tar.addfile(directory)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=str
+)
+def test_tar_reader_reads_what_tarfile_reads(monkeypatch, fmt):
+    rng = np.random.default_rng(fmt)
+    members = [
+        ("a.png", rng.bytes(700)),
+        ("a.txt", b"caption"),
+        ("empty.cls", b""),
+        # A name over 100 characters: ustar splits it into prefix/name, GNU and pax use an
+        # extra header.
+        ("d" * 80 + "/" + "k" * 60 + ".jpg", rng.bytes(512)),
+        ("big.npy", rng.bytes(5000)),
+    ]
+    data = _tar_bytes(members, fmt)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    assert expected == members
+    assert list(_tar_members(io.BytesIO(data))) == expected
+    # Members that straddle the reader's chunks, down to chunks smaller than one header.
+    for chunk in (512, 700, 1000):
+        monkeypatch.setattr(wds_module, "_CHUNK", chunk)
+        assert list(_tar_members(io.BytesIO(data))) == expected
+
+
+def test_tar_reader_raises_on_truncation_and_damaged_headers():
+    data = _tar_bytes([("a.png", b"x" * 1500), ("a.txt", b"caption")], tarfile.USTAR_FORMAT)
+    assert len(list(_tar_members(io.BytesIO(data)))) == 2
+    # Cut anywhere before the end-of-archive block: never a silent short read.
+    archive_end = data.index(bytes(1024), 2048)
+    for cut in range(0, archive_end, 100):
+        with pytest.raises(tarfile.ReadError, match="truncated"):
+            list(_tar_members(io.BytesIO(data[:cut])))
+    damaged = bytearray(data)
+    damaged[512 + 130] ^= 1  # one bit of the first file's size field
+    with pytest.raises(tarfile.ReadError, match="checksum"):
+        list(_tar_members(io.BytesIO(bytes(damaged))))
 
 
 def test_skips_are_counted_across_workers_in_the_datamodule(tmp_path):
