@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import timedelta
@@ -86,6 +87,13 @@ def test_ddp_sim_trains_with_two_processes(tmp_path, train_cli_args, subprocess_
     assert not [k for k in checkpoint["state_dict"] if k.startswith("ref.")]
     metrics = (run_dir / "csv" / "metrics.csv").read_text()
     assert "val/spec_diff" in metrics and "train/spec_diff_step" in metrics
+    # The cluster callback ran on both ranks: the baseline and the end of the epoch, each on
+    # the probe gathered from the two ranks' halves of the 128 validation samples.
+    assert "clusters/spec_diff" in metrics
+    history = (run_dir / "clusters" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in history] == [0, 2]
+    final = json.loads((run_dir / "clusters" / "step_0000002" / "modes.json").read_text())
+    assert final["num_samples"] == 128 and final["modes"]
 
 
 def _probe_rows(seed: int, rows: int) -> dict[str, list[torch.Tensor]]:
