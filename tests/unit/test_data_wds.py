@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from spec_align.data import wds as wds_module
 from spec_align.data import (
     RefCache,
     RefCacheMissError,
@@ -26,6 +25,7 @@ from spec_align.data import (
     write_ref_cache,
     write_shards,
 )
+from spec_align.data import wds as wds_module
 from spec_align.data.wds import _tar_members
 
 
