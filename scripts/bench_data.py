@@ -2,29 +2,45 @@
 
     python scripts/bench_data.py --data-dir data --workers 2 --batch-size 256
 
-For each dataset: the images' raw decode rate in one process (PIL decode + RGB, the limit
-one worker can reach), the same plus the default transform, and the WdsDataModule training
-loader (resampled shards, shuffle buffer, decode, transform, collation in workers), measured
-as the best of three warm epochs after one warm-up epoch with persistent workers, and the
-same loader without workers (pipeline cost without inter-process transfer). Prints a
-markdown table.
+For each dataset, two single-process references over the same images:
+- PIL decode: open, load, RGB. The pixels are still inside PIL.
+- decode to tensor: the same plus the default transform, i.e. a contiguous uint8 (3, H, W)
+  tensor. For synthetic and digits, whose images are stored at the transform's size, this is
+  the least work that turns the bytes into the pixels a batch holds.
+Next to them, the WdsDataModule training loader (resampled shards, shuffle buffer, decode,
+transform and collation in persistent workers) and the same loader without workers (the
+pipeline's cost in one process, without inter-process transfer).
+
+This machine's speed drifts by tens of percent within a minute, so after a warm-up epoch the
+references and the loader are measured in alternating rounds (one pass of each, back to
+back). The table shows the best of each and the median over rounds of the per-round ratios.
+Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import statistics
+import tarfile
 import time
 
 from PIL import Image
 
-from spec_align.data import WdsDataModule, digits, expand_shards, synthetic
+from spec_align.data import WdsDataModule, digits, expand_shards, synthetic, textures
 from spec_align.data.wds import ResizeToTensor
+
+# (prepare function, image side of the default transform, loader samples per epoch):
+# synthetic and digits are stored at their side (no resize); textures are 250 px JPEGs
+# resized to a typical encoder input, whose decode costs 20x more (so fewer samples).
+DATASETS = {
+    "synthetic": (synthetic.prepare, 64, 16384),
+    "digits": (digits.prepare, 32, 16384),
+    "textures": (textures.prepare, 224, 2048),
+}
 
 
 def _image_bytes(pattern: str) -> list[bytes]:
-    import tarfile
-
     images = []
     for url in expand_shards(pattern):
         with tarfile.open(url) as tar:
@@ -34,93 +50,92 @@ def _image_bytes(pattern: str) -> list[bytes]:
     return images
 
 
-def _decode_rate(images: list[bytes], transform=None, repeats: int = 3) -> float:
-    """Best of `repeats` passes (this machine's timings are noisy; the best is the limit)."""
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for data in images:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                rgb = image.convert("RGB")
-                if transform is not None:
-                    transform(rgb)
-        rates.append(len(images) / (time.perf_counter() - start))
-    return max(rates)
+def _decode_rate(images: list[bytes], transform=None) -> float:
+    start = time.perf_counter()
+    for data in images:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image.convert("RGB")
+            if transform is not None:
+                transform(rgb)
+    return len(images) / (time.perf_counter() - start)
 
 
-def _loader_rate(
-    pattern: str, image_size: int, workers: int, args: argparse.Namespace
-) -> tuple[float, float]:
+def _loader(pattern: str, image_size: int, samples: int, workers: int, args):
     dm = WdsDataModule(
         pattern,
         batch_size=args.batch_size,
         num_workers=workers,
-        train_samples_per_epoch=args.samples,
+        train_samples_per_epoch=samples,
         shuffle_buffer=args.shuffle_buffer,
         image_size=image_size,
         persistent_workers=workers > 0,
         pin_memory=False,
     )
     dm.setup("fit")
-    loader = dm.train_dataloader()
-    rates = []
-    # The first epoch includes worker start-up; the warm rate is the best of the later ones.
-    for _ in range(1 + args.repeats):
-        count, start = 0, time.perf_counter()
-        for batch in loader:
-            count += len(batch["key"])
-        rates.append(count / (time.perf_counter() - start))
-    return rates[0], max(rates[1:])
+    return dm.train_dataloader()
+
+
+def _epoch_rate(loader) -> float:
+    count, start = 0, time.perf_counter()
+    for batch in loader:
+        count += len(batch["key"])
+    return count / (time.perf_counter() - start)
+
+
+def _bench(name: str, args: argparse.Namespace) -> dict:
+    prepare, size, samples = DATASETS[name]
+    pattern = prepare(args.data_dir)["train"]
+    images = _image_bytes(pattern)
+    transform = ResizeToTensor(size)
+    inline = max(_epoch_rate(_loader(pattern, size, samples, 0, args)) for _ in range(2))
+    loader = _loader(pattern, size, samples, args.workers, args)
+    cold = _epoch_rate(loader)  # includes worker start-up
+    pil, tensor, warm = [], [], []
+    for _ in range(args.rounds):
+        pil.append(_decode_rate(images))
+        tensor.append(_decode_rate(images, transform))
+        warm.append(_epoch_rate(loader))
+    return {
+        "dataset": name,
+        "size": size,
+        "pil": max(pil),
+        "tensor": max(tensor),
+        "inline": inline,
+        "cold": cold,
+        "warm": max(warm),
+        "vs_pil": statistics.median(w / r for w, r in zip(warm, pil, strict=True)),
+        "vs_tensor": statistics.median(w / r for w, r in zip(warm, tensor, strict=True)),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--samples", type=int, default=16384, help="samples per loader epoch")
     parser.add_argument("--shuffle-buffer", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3, help="warm epochs; the best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds")
     args = parser.parse_args(argv)
 
-    datasets = {
-        "synthetic": (synthetic.prepare(args.data_dir), 64),
-        "digits": (digits.prepare(args.data_dir), 32),
-    }
-    rows = []
-    for name, (info, size) in datasets.items():
-        images = _image_bytes(info["train"])
-        raw = _decode_rate(images)
-        transformed = _decode_rate(images, ResizeToTensor(size))
-        cold, warm = _loader_rate(info["train"], size, args.workers, args)
-        _, inline = _loader_rate(info["train"], size, 0, args)
-        rows.append(
-            {
-                "dataset": name,
-                "size": size,
-                "raw": raw,
-                "transformed": transformed,
-                "inline": inline,
-                "cold": cold,
-                "warm": warm,
-            }
-        )
+    rows = [_bench(name, args) for name in args.datasets]
     print(
-        "\n| dataset | image | raw decode (1 proc) | decode + transform (1 proc) "
-        "| loader, 0 workers | loader, epoch 1 | loader, warm epoch | warm / raw |"
+        "\n| dataset | image | PIL decode | decode to tensor | loader, 0 workers "
+        "| loader, epoch 1 | loader, warm | warm / PIL decode | warm / decode to tensor |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['dataset']} | {r['size']} px | {r['raw']:,.0f} img/s | "
-            f"{r['transformed']:,.0f} img/s | {r['inline']:,.0f} img/s | "
-            f"{r['cold']:,.0f} img/s | {r['warm']:,.0f} img/s | "
-            f"{r['warm'] / r['raw']:.0%} |"
+            f"| {r['dataset']} | {r['size']} px | {r['pil']:,.0f} img/s | "
+            f"{r['tensor']:,.0f} img/s | {r['inline']:,.0f} img/s | {r['cold']:,.0f} img/s | "
+            f"{r['warm']:,.0f} img/s | {r['vs_pil']:.0%} | {r['vs_tensor']:.0%} |"
         )
     print(
         f"\nloader: batch {args.batch_size}, {args.workers} workers, shuffle buffer "
-        f"{args.shuffle_buffer}, {args.samples} samples per epoch"
+        f"{args.shuffle_buffer}, {args.rounds} rounds; loader epochs of "
+        + ", ".join(f"{name} {DATASETS[name][2]}" for name in args.datasets)
+        + " samples"
     )
     return rows
 
