@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,31 @@ def test_round_trip_reads_back_every_sample(shards):
     assert batch["label"].dtype == torch.long
     assert batch["meta"][3] == {"index": 3}
     assert "ref" not in batch and int(batch["num_skipped"]) == 0
+
+
+def test_pipe_urls_stream_through_the_reader(tmp_path):
+    """`pipe:` shards (as for remote storage: curl, aws s3 cp ... -) arrive in pieces of
+    whatever size the pipe delivers; a shard of several read chunks must come out whole, and
+    one cut short must be skipped and counted."""
+    rng = np.random.default_rng(0)
+    blobs = [rng.bytes(300_000) for _ in range(8)]  # 2.4 MB: several of the reader's chunks
+    samples = [
+        {"__key__": f"s{i:05d}", "png": _png(i), "bin": blob} for i, blob in enumerate(blobs)
+    ]
+    (shard,) = write_shards(samples, tmp_path, prefix="big", samples_per_shard=8).paths
+    truncated = tmp_path / "cut.tar"
+    truncated.write_bytes(Path(shard).read_bytes()[:1_500_000])
+    counter = SkipCounter()
+    urls = [f"pipe:dd if={shard} bs=7000 status=none", f"pipe:cat {truncated}"]
+    batches = list(
+        build_eval_pipeline(urls, transform=ResizeToTensor(8), batch_size=32, counter=counter)
+    )
+    keys = [k for b in batches for k in b["key"]]
+    assert keys[:8] == [f"s{i:05d}" for i in range(8)]
+    assert _index_of(batches[0]["image"][:8]).tolist() == list(range(8))
+    # The cut shard yields the samples before the cut, then its tail is skipped and counted.
+    assert keys[8:] == [f"s{i:05d}" for i in range(len(keys) - 8)] and len(keys) < 16
+    assert counter.value == 1
 
 
 def test_train_epoch_has_fixed_length_and_changes_per_epoch(shards):
