@@ -6,8 +6,8 @@ keyword, and returns a scalar. Its `weight` multiplies it in the total loss.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
+from open_clip import ClipLoss
 from torch import Tensor, nn
 
 from spec_align.encoders.base import ImageEncoder
@@ -52,9 +52,11 @@ class TaskLoss(nn.Module):
 class ContrastiveLoss(TaskLoss):
     """Symmetric InfoNCE of CLIP between images and their captions, learnable temperature.
 
-    The temperature is the encoder's own `logit_scale` (a log inverse temperature), so a
-    pretrained CLIP keeps its value; it is clamped at `max_logit_scale` as in CLIP training.
-    Under DDP the module passes gathered features, so negatives come from the global batch.
+    open_clip's `ClipLoss` on unit-normalised features. The temperature is the encoder's own
+    `logit_scale` (a log inverse temperature), so a pretrained CLIP keeps its value; it is
+    clamped at `max_logit_scale` as in CLIP training. Under DDP the module passes features
+    already gathered with their gradients, so negatives come from the global batch and
+    `ClipLoss` runs as on one process.
 
     Args:
         weight: multiplier of this term in the total loss.
@@ -66,6 +68,7 @@ class ContrastiveLoss(TaskLoss):
     def __init__(self, weight: float = 1.0, max_logit_scale: float = 100.0) -> None:
         super().__init__(weight)
         self.max_logit_scale = float(max_logit_scale)
+        self.clip_loss = ClipLoss()
 
     def bind(self, encoder: ImageEncoder) -> None:
         if not encoder.has_text or not hasattr(encoder, "logit_scale"):
@@ -90,9 +93,9 @@ class ContrastiveLoss(TaskLoss):
         if text_features is None or logit_scale is None:
             raise ValueError("ContrastiveLoss needs text_features and logit_scale")
         scale = logit_scale.exp().clamp(max=self.max_logit_scale)
-        logits = scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
-        targets = torch.arange(logits.shape[0], device=logits.device)
-        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        return self.clip_loss(
+            F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), scale
+        )
 
 
 class ClassificationLoss(TaskLoss):
