@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import os
+import shutil
 import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +142,44 @@ def test_pipe_urls_stream_through_the_reader(tmp_path):
     # The cut shard yields the samples before the cut, then its tail is skipped and counted.
     assert keys[8:] == [f"s{i:05d}" for i in range(len(keys) - 8)] and len(keys) < 16
     assert counter.value == 1
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset reads http:// with curl")
+def test_http_urls_stream_from_a_server(shards):
+    """http(s) shards as users write them (webdataset fetches them with curl): every sample
+    arrives, in order, the same as from disk; a shard the server does not have is skipped
+    and counted instead of ending the run."""
+    directory, name = os.path.split(shards)
+    handler = functools.partial(_QuietHandler, directory=directory)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        dm = WdsDataModule(
+            f"{base}/{name}",
+            f"{base}/missing.tar::{base}/{name}",
+            batch_size=8,
+            image_size=8,
+            num_workers=0,
+            shuffle_buffer=32,
+            train_samples_per_epoch=40,  # remote shards have no sizes.json to count from
+        )
+        dm.setup("fit")
+        remote = list(dm.val_dataloader())
+        train_keys = _keys(dm.train_dataloader())
+        server.shutdown()
+    local = list(_datamodule(shards).val_dataloader())
+    assert _keys(remote) == _keys(local) == [f"s{i:05d}" for i in range(NUM_SAMPLES)]
+    assert torch.equal(
+        torch.cat([b["image"] for b in remote]), torch.cat([b["image"] for b in local])
+    )
+    assert [int(b["num_skipped"]) for b in remote] == [1] * len(remote)
+    assert dm.num_skipped == {"train": 0, "val": 1}
+    assert len(train_keys) == 40 and set(train_keys) <= set(_keys(local))
 
 
 def test_train_epoch_has_fixed_length_and_changes_per_epoch(shards):
