@@ -11,6 +11,11 @@ Next to them, the WdsDataModule training loader (resampled shards, shuffle buffe
 transform and collation in persistent workers) and the same loader without workers (the
 pipeline's cost in one process, without inter-process transfer).
 
+The last two columns say where the time goes: PIL's decode time per image, and the CPU time
+per image of the loader's workers (all together) and of its main process, in an epoch of the
+same loader with non-persistent workers (least of three epochs; includes the workers'
+start-up and shuffle buffer fill).
+
 This machine's speed drifts by tens of percent within a minute, so after a warm-up epoch the
 references and the loader are measured in alternating rounds (one pass of each, back to
 back). The table shows the best of each and the median over rounds of the per-round ratios.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import resource
 import statistics
 import tarfile
 import time
@@ -63,7 +69,7 @@ def _decode_rate(images: list[bytes], transform=None) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def _loader(pattern: str, image_size: int, samples: int, workers: int, args):
+def _loader(pattern: str, image_size: int, samples: int, workers: int, args, persistent=True):
     dm = WdsDataModule(
         pattern,
         batch_size=args.batch_size,
@@ -71,7 +77,7 @@ def _loader(pattern: str, image_size: int, samples: int, workers: int, args):
         train_samples_per_epoch=samples,
         shuffle_buffer=args.shuffle_buffer,
         image_size=image_size,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         pin_memory=False,
     )
     dm.setup("fit")
@@ -85,6 +91,16 @@ def _epoch_rate(loader) -> float:
     return count / (time.perf_counter() - start)
 
 
+def _cpu_per_image(loader) -> tuple[float, float]:
+    """CPU seconds per image of the workers (all together) and of the main process over one
+    epoch. The workers must not be persistent: a worker's CPU time is counted once it exits."""
+    children, main = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
+    count = sum(len(batch["key"]) for batch in loader)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    return workers / count, (time.process_time() - main) / count
+
+
 def _bench(name: str, args: argparse.Namespace) -> dict:
     prepare, size, samples = DATASETS[name]
     pattern = prepare(args.data_dir)["train"]
@@ -94,6 +110,9 @@ def _bench(name: str, args: argparse.Namespace) -> dict:
     inline = max(_epoch_rate(inline_loader) for _ in range(2))
     loader = _loader(pattern, size, samples, args.workers, args)
     cold = _epoch_rate(loader)  # includes worker start-up
+    # Least of three epochs: workers of an earlier loader reaped meanwhile would count too.
+    fresh_workers = _loader(pattern, size, samples, args.workers, args, persistent=False)
+    cpu_workers, cpu_main = min(_cpu_per_image(fresh_workers) for _ in range(3))
     pil, tensor, warm = [], [], []
     for _ in range(args.rounds):
         pil.append(_decode_rate(images))
@@ -107,6 +126,8 @@ def _bench(name: str, args: argparse.Namespace) -> dict:
         "inline": inline,
         "cold": cold,
         "warm": max(warm),
+        "cpu_workers": cpu_workers,
+        "cpu_main": cpu_main,
         "vs_pil": statistics.median(w / r for w, r in zip(warm, pil, strict=True)),
         "vs_tensor": statistics.median(w / r for w, r in zip(warm, tensor, strict=True)),
     }
@@ -125,14 +146,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [_bench(name, args) for name in args.datasets]
     print(
         "\n| dataset | image | PIL decode | decode to tensor | loader, 0 workers "
-        "| loader, epoch 1 | loader, warm | warm / PIL decode | warm / decode to tensor |"
+        "| loader, epoch 1 | loader, warm | warm / PIL decode | warm / decode to tensor "
+        "| CPU per image: PIL decode | CPU per image: loader workers + main |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['dataset']} | {r['size']} px | {r['pil']:,.0f} img/s | "
             f"{r['tensor']:,.0f} img/s | {r['inline']:,.0f} img/s | {r['cold']:,.0f} img/s | "
-            f"{r['warm']:,.0f} img/s | {r['vs_pil']:.0%} | {r['vs_tensor']:.0%} |"
+            f"{r['warm']:,.0f} img/s | {r['vs_pil']:.0%} | {r['vs_tensor']:.0%} | "
+            f"{1e6 / r['pil']:.0f} us | "
+            f"{1e6 * r['cpu_workers']:.0f} + {1e6 * r['cpu_main']:.0f} us |"
         )
     print(
         f"\nloader: batch {args.batch_size}, {args.workers} workers, shuffle buffer "
