@@ -35,7 +35,8 @@ from spec_align.data.wds import _tar_members
 
 
 def test_default_transform_keeps_uint8_pixels_and_images_to_float_scales_them():
-    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
     out = ResizeToTensor(7)(image.resize((7, 7)))
     assert out.dtype == torch.uint8 and out.shape == (3, 7, 7)
@@ -43,6 +44,15 @@ def test_default_transform_keeps_uint8_pixels_and_images_to_float_scales_them():
     assert torch.equal(same_size, torch.from_numpy(pixels[:5, :5]).permute(2, 0, 1))
     grey = ResizeToTensor(5)(Image.fromarray(pixels[:5, :5, 0], mode="L"))
     assert grey.shape == (3, 5, 5) and torch.equal(grey[0], grey[2])
+    # Resizing (down, up, from non-square) stays within one grey level of PIL's bilinear.
+    for height, width, size in [(40, 50, 16), (250, 250, 224), (8, 8, 32), (30, 20, 25)]:
+        source = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        resized = ResizeToTensor(size)(source)
+        assert resized.dtype == torch.uint8 and resized.shape == (3, size, size)
+        assert resized.is_contiguous()
+        pil = np.array(source.resize((size, size), Image.Resampling.BILINEAR))
+        difference = resized.int() - torch.from_numpy(pil).permute(2, 0, 1).int()
+        assert difference.abs().max() <= 1
     scaled = images_to_float(same_size[None])
     assert scaled.dtype == torch.float32
     torch.testing.assert_close(scaled * 255, same_size[None].float(), rtol=0, atol=1e-4)
