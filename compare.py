@@ -4,6 +4,9 @@ import hydra
 from omegaconf import DictConfig
 
 from spec_align.explain.run import run_compare
+from spec_align.utils import register_resolvers
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="compare")

@@ -5,14 +5,18 @@ ${dataset_prompts:synthetic}      zero-shot prompt templates for those classes
 ${dataset_num_classes:digits}     number of classes (null for unknown datasets)
 ${ref_cache_dim:/path/to/cache}   embedding width stored in a reference cache's meta
 ${null_if_empty:${hydra:job.override_dirname}}   "" -> null (e.g. W&B run names)
+${launch_dir:}                    the directory the command was started in
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 __all__ = [
     "dataset_classes",
@@ -21,6 +25,8 @@ __all__ = [
     "ref_cache_dim",
     "register_resolvers",
 ]
+
+_LAUNCH_DIR = os.getcwd()
 
 # Templates for zero-shot classification, worded like each dataset's captions.
 _PROMPTS = {
@@ -77,14 +83,34 @@ def _null_if_empty(value: str | None) -> str | None:
     return value or None
 
 
+def _config_valued(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` with list results as ListConfig.
+
+    OmegaConf's in-place resolve (`--cfg job --resolve`, `instantiate`) cannot store a plain
+    list returned by a resolver in a value node; a ListConfig it can.
+    """
+
+    def resolver(*args: Any) -> Any:
+        value = function(*args)
+        return ListConfig(value) if isinstance(value, list) else value
+
+    return resolver
+
+
 def register_resolvers() -> None:
-    """Register every resolver above; safe to call more than once."""
+    """Register every resolver above; safe to call more than once.
+
+    `launch_dir` is the working directory when this module was imported (by the entry points,
+    before Hydra runs): unlike `${hydra:runtime.cwd}` it also resolves where no HydraConfig is
+    set, as when a multirun launcher resolves `hydra.sweep.dir`.
+    """
     resolvers = {
-        "dataset_classes": dataset_classes,
-        "dataset_prompts": dataset_prompts,
+        "dataset_classes": _config_valued(dataset_classes),
+        "dataset_prompts": _config_valued(dataset_prompts),
         "dataset_num_classes": dataset_num_classes,
         "ref_cache_dim": ref_cache_dim,
         "null_if_empty": _null_if_empty,
+        "launch_dir": lambda: _LAUNCH_DIR,
     }
     for name, function in resolvers.items():
         OmegaConf.register_new_resolver(name, function, replace=True)
