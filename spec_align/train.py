@@ -14,13 +14,29 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from spec_align.data.shards import check_shard_count, expand_shards
+from spec_align.encoders.hub import WeightsUnavailableError
 from spec_align.utils.logging import get_logger, log_config
+from spec_align.utils.runs import (
+    CONFIG_FILE,
+    OVERRIDES_FILE,
+    RunDirError,
+    checked_overrides,
+    experiment_differences,
+    find_resumable,
+    run_config_of,
+)
 
 __all__ = [
     "ConfigError",
@@ -34,6 +50,8 @@ __all__ = [
 log = get_logger(__name__)
 
 WANDB_ID_FILE = "wandb_id.txt"  # in the run's output dir: lets a resumed run continue the W&B run
+RESUMED_FILE = "resumed_from.txt"  # in the run's output dir: the checkpoint it resumed
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the project's configs (editable install)
 
 
 class ConfigError(ValueError):
@@ -67,8 +85,21 @@ def validate_config(cfg: DictConfig) -> None:
 
     Checks: shard paths exist, shards >= workers x world size, global batch sizes divisible by
     the world size, a precomputed reference has a cache and the deterministic view, the run
-    has something to train, `ckpt_path` exists, the optimized metric is a train/ or val/ key.
+    has something to train, a GPU exists where one is asked for, `ckpt_path` exists, the
+    optimized metric is a train/ or val/ key. `run()` adds what only building reveals
+    (missing pretrained weights, resume problems) to the same list.
     """
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError(_problem_list(problems))
+
+
+def _problem_list(problems: list[str]) -> str:
+    return f"invalid config ({len(problems)} problems):\n  - " + "\n  - ".join(problems)
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """Every problem `validate_config` finds, as messages (empty when the config is fine)."""
     problems: list[str] = []
     data, world = cfg.data, world_size_of(cfg.trainer)
     for key in ("batch_size", "val_batch_size"):
@@ -118,26 +149,80 @@ def validate_config(cfg: DictConfig) -> None:
     if task_weight == 0 and spectral.get("every_n_steps", 1) != 1:
         problems.append("task=none trains on the penalty alone: loss.spectral.every_n_steps=1")
 
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        problems.append(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: use "
+            "trainer=cpu (or trainer.accelerator=cpu trainer.precision=32-true)"
+        )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
         problems.append(f"ckpt_path {ckpt_path} is not a file (or use ckpt_path=last)")
     metric = cfg.get("optimized_metric")
     if metric is not None and not str(metric).startswith(("train/", "val/")):
         problems.append(f"optimized_metric={metric} must be a train/... or val/... key")
-    if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    return problems
+
+
+def _current_multirun_dir() -> Path | None:
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path`, with "last" meaning the newest checkpoints/last.ckpt of this task's runs."""
+    """The checkpoint to resume, checked against this run's experiment config.
+
+    `ckpt_path=last` picks the newest loadable checkpoint of the most recent earlier run of
+    this task (`logs/<task_name>/`) with the same experiment config, never one of the current
+    multirun (see `spec_align.utils.runs.find_resumable`). An explicit path whose run had a
+    different experiment config is refused unless `ckpt_force=true`.
+
+    Raises:
+        ConfigError: nothing to resume, a config mismatch, or two jobs of one multirun
+            resuming the same run.
+    """
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path != "last":
-        return ckpt_path
-    root = Path(cfg.paths.log_dir) / cfg.task_name
-    candidates = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {root}")
-    return str(candidates[-1])
+    if ckpt_path is None:
+        return None
+    output_dir, multirun_dir = Path(cfg.paths.output_dir), _current_multirun_dir()
+    try:
+        if ckpt_path == "last":
+            exclude = [output_dir] + ([multirun_dir] if multirun_dir else [])
+            root = Path(cfg.paths.log_dir) / cfg.task_name
+            checkpoint, skipped = find_resumable(root, cfg, exclude=exclude)
+            if skipped:
+                log.warning("ckpt_path=last skipped checkpoints that do not load: %s", skipped)
+        else:
+            checkpoint = Path(ckpt_path)
+            saved = run_config_of(checkpoint)
+            differences = (
+                experiment_differences(OmegaConf.load(saved), cfg) if saved.is_file() else []
+            )
+            if differences and not cfg.get("ckpt_force", False):
+                raise RunDirError(
+                    f"ckpt_path={ckpt_path} was written by a run with a different experiment "
+                    f"config ({saved}): {'; '.join(differences)}. Resume with that config, or "
+                    "pass ckpt_force=true to resume it under this one"
+                )
+    except RunDirError as err:
+        raise ConfigError(str(err)) from None
+    checkpoint = checkpoint.resolve()
+    if multirun_dir is not None:
+        for claim in multirun_dir.glob(f"*/{RESUMED_FILE}"):
+            if claim.parent.resolve() != output_dir.resolve() and (
+                claim.read_text().strip() == str(checkpoint)
+            ):
+                raise ConfigError(
+                    f"job {claim.parent.name} of this multirun already resumes {checkpoint}: the "
+                    "jobs differ only in keys that do not define the experiment; give each job "
+                    "its own ckpt_path"
+                )
+    if rank_zero_only.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / RESUMED_FILE).write_text(f"{checkpoint}\n")
+    return str(checkpoint)
 
 
 def _ensure_ref_cache(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
@@ -209,8 +294,31 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def _build_networks(cfg: DictConfig) -> tuple[dict[str, Any], list[str]]:
+    """The trainable encoder and the reference network (when there is one), built once.
+
+    Built one at a time, so that every network that cannot be built (e.g. pretrained weights
+    that are not cached offline) is reported, not only the first.
+    """
+    networks, problems = {}, []
+    nodes = {"encoder": cfg.model.encoder, "ref": cfg.model.get("ref")}
+    for name, node in nodes.items():
+        if node is None:
+            continue
+        try:
+            networks[name] = instantiate(node)
+        except (InstantiationException, WeightsUnavailableError, OSError, ValueError) as err:
+            cause = err.__cause__ if isinstance(err, InstantiationException) else None
+            problems.append(f"{'encoder' if name == 'encoder' else 'ref.encoder'}: {cause or err}")
+    return networks, problems
+
+
 def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Validate the config, build data, module, callbacks, loggers and trainer, then fit.
+
+    Every problem found before fitting (config checks, networks that cannot be built, the
+    checkpoint to resume) is reported together in one `ConfigError`. The end of a run logs
+    its outcome (`summarize_run`).
 
     Args:
         cfg: the composed train config (conf/train.yaml).
@@ -218,10 +326,14 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     Returns:
         The final logged metrics (floats) and the built objects by name.
     """
-    validate_config(cfg)
+    problems = config_problems(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resolve_ckpt_path(cfg)
+    ckpt_path = None
+    try:
+        ckpt_path = resolve_ckpt_path(cfg)
+    except ConfigError as err:
+        problems.append(str(err))
     world = world_size_of(cfg.trainer)
 
     val_batch = cfg.data.get("val_batch_size")
@@ -230,11 +342,16 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         batch_size=cfg.data.batch_size // world,
         val_batch_size=None if val_batch is None else val_batch // world,
     )
-    # Building the cache draws random numbers (the builder's init); it must not shift the
-    # model's initialisation, or a run's result would depend on whether the cache existed.
-    with torch.random.fork_rng(devices=[]):
-        _ensure_ref_cache(cfg, datamodule)
-    module = instantiate(cfg.model)
+    if not problems:
+        # Building the cache draws random numbers (the builder's init); it must not shift the
+        # model's initialisation, or a run's result would depend on whether the cache existed.
+        with torch.random.fork_rng(devices=[]):
+            _ensure_ref_cache(cfg, datamodule)
+    networks, build_problems = _build_networks(cfg)
+    problems += build_problems
+    if problems:
+        raise ConfigError(_problem_list(problems))
+    module = instantiate(cfg.model, **networks)
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in module.metric_names:
         raise ConfigError(
@@ -259,22 +376,67 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         log_config(trainer, OmegaConf.to_container(cfg, resolve=True))
         if cfg.get("train", True):
             log.info("fitting (ckpt_path=%s)", ckpt_path)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            # weights_only: a checkpoint is data; unpickling it must not run code.
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("train", True):
+            log.info("%s", summarize_run(trainer, metrics, metric, Path(cfg.paths.output_dir)))
     finally:
         _finish_wandb()
     return metrics, objects
 
 
+def summarize_run(
+    trainer: L.Trainer, metrics: dict[str, float], metric: str | None, output_dir: Path
+) -> str:
+    """What a finished (or stopped) fit produced: metrics, checkpoints, run dir, W&B sync."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from spec_align.callbacks import LastCheckpoint
+
+    lines = [
+        f"run finished at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        + (" (interrupted)" if trainer.interrupted else "")
+    ]
+    best = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if metric is not None and metric in metrics:
+        line = f"  {metric} (optimized): final {metrics[metric]:.4f}"
+        if best is not None and best.monitor == metric and best.best_model_score is not None:
+            line += f", best {float(best.best_model_score):.4f}"
+        lines.append(line)
+    shown = sorted(k for k in metrics if k.startswith("val/") and k != metric)
+    lines += [f"  {key}: {metrics[key]:.4f}" for key in shown]
+    if best is not None and best.best_model_path:
+        lines.append(f"  best checkpoint: {best.best_model_path}")
+    for callback in trainer.callbacks:
+        if isinstance(callback, LastCheckpoint) and callback.path.is_file():
+            lines.append(f"  last checkpoint: {callback.path}")
+    lines.append(f"  run dir: {output_dir}")
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger.experiment.settings.mode == "offline":
+            lines.append(f"  W&B (offline): wandb sync {Path(logger.experiment.dir).parent}")
+    return "\n".join(lines)
+
+
+def _compose_run_config(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml with a saved run's overrides, inside Hydra's app or outside of it."""
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=overrides)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Validate a checkpoint with the data and model of the run that wrote it.
 
-    The run's saved `.hydra/config.yaml` (beside `checkpoints/`) rebuilds datamodule and module,
-    with this config's paths; the reference is rebuilt from it as on resume (seeded like the
-    run, so a random-init reference comes out the same).
+    The run's config is composed again from the project's configs and the run's recorded
+    overrides (`.hydra/overrides.yaml`), which may choose options and set values but never
+    name code: nothing from a (possibly downloaded) run directory is instantiated as is. Paths
+    are this config's. The reference is rebuilt as on resume (seeded like the run, so a
+    random-init reference comes out the same).
 
     Args:
-        cfg: the composed eval config (conf/eval.yaml): ckpt_path, run_config, paths.
+        cfg: the composed eval config (conf/eval.yaml): ckpt_path, run_dir, paths.
 
     Returns:
         The validation metrics (floats).
@@ -282,10 +444,28 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise ConfigError(f"ckpt_path {ckpt_path} is not a file")
-    run_config = Path(cfg.get("run_config") or ckpt_path.parent.parent / ".hydra" / "config.yaml")
-    if not run_config.is_file():
-        raise ConfigError(f"no run config at {run_config}; pass run_config=<its config.yaml>")
-    run_cfg = OmegaConf.load(run_config)
+    run_dir = Path(cfg.get("run_dir") or ckpt_path.resolve().parent.parent)
+    overrides_file = run_dir / OVERRIDES_FILE
+    if not overrides_file.is_file():
+        raise ConfigError(
+            f"no run overrides at {overrides_file}; pass run_dir=<the directory of the run that "
+            "wrote the checkpoint>"
+        )
+    try:
+        overrides = checked_overrides(list(OmegaConf.load(overrides_file)), overrides_file)
+    except RunDirError as err:
+        raise ConfigError(str(err)) from None
+    run_cfg = _compose_run_config(overrides)
+    saved = run_dir / CONFIG_FILE
+    if saved.is_file():
+        differences = experiment_differences(OmegaConf.load(saved), run_cfg)
+        if differences:
+            log.warning(
+                "%s differs from what its overrides compose to now (edited, or the project "
+                "changed since); evaluating the composed config. Differences: %s",
+                saved,
+                "; ".join(differences),
+            )
     run_cfg.paths = cfg.paths
     if run_cfg.get("seed") is not None:
         # As in run(): a random-init reference (not in the checkpoint) is rebuilt identically.
@@ -299,5 +479,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         logger=False,
         enable_progress_bar=False,
     )
-    (metrics,) = trainer.validate(module, datamodule=datamodule, ckpt_path=str(ckpt_path))
+    (metrics,) = trainer.validate(
+        module, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True
+    )
     return {k: float(v) for k, v in metrics.items()}

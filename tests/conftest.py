@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from spec_align.utils import register_resolvers
 from tests.helpers import CONF_DIR, SMALL_SYNTHETIC
@@ -73,11 +73,14 @@ def compose_train(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
             cfg = compose("train", overrides=all_overrides, return_hydra_config=True)
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.hydra.job.override_dirname = ",".join(o for o in overrides if "seed" not in o)
         HydraConfig.instance().set_config(cfg)
-        # As in a real run: the task function's config has no `hydra` node.
+        # As in a real run: the task function's config has no `hydra` node, and Hydra has
+        # written the job's config and overrides into its output directory.
         with open_dict(cfg):
             del cfg["hydra"]
+        (output_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(all_overrides), output_dir / ".hydra" / "overrides.yaml")
         return cfg
 
     yield _compose

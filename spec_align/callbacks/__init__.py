@@ -1,6 +1,7 @@
 """Training callbacks: watch the differential clusters of encoder and reference evolve."""
 
+from spec_align.callbacks.checkpoint import LastCheckpoint
 from spec_align.callbacks.clusters import ClusterLogCallback
 from spec_align.callbacks.tracking import ModeTracker
 
-__all__ = ["ClusterLogCallback", "ModeTracker"]
+__all__ = ["ClusterLogCallback", "LastCheckpoint", "ModeTracker"]

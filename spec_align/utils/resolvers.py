@@ -4,7 +4,7 @@ ${dataset_classes:synthetic}      class names of a built-in dataset (null for ot
 ${dataset_prompts:synthetic}      zero-shot prompt templates for those classes
 ${dataset_num_classes:digits}     number of classes (null for unknown datasets)
 ${ref_cache_dim:/path/to/cache}   embedding width stored in a reference cache's meta
-${null_if_empty:${hydra:job.override_dirname}}   "" -> null (e.g. W&B run names)
+${run_name:${hydra:overrides.task}}   a run's name: its experiment's overrides, minus seed
 ${launch_dir:}                    the directory the command was started in
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import ListConfig, OmegaConf
+
+from spec_align.utils.runs import run_name
 
 __all__ = [
     "dataset_classes",
@@ -79,10 +81,6 @@ def ref_cache_dim(path: str) -> int:
     return int(np.load(embeddings, mmap_mode="r").shape[1])
 
 
-def _null_if_empty(value: str | None) -> str | None:
-    return value or None
-
-
 def _config_valued(function: Callable[..., Any]) -> Callable[..., Any]:
     """`function` with list results as ListConfig.
 
@@ -109,7 +107,7 @@ def register_resolvers() -> None:
         "dataset_prompts": _config_valued(dataset_prompts),
         "dataset_num_classes": dataset_num_classes,
         "ref_cache_dim": ref_cache_dim,
-        "null_if_empty": _null_if_empty,
+        "run_name": run_name,
         "launch_dir": lambda: _LAUNCH_DIR,
     }
     for name, function in resolvers.items():

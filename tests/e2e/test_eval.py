@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
 from spec_align.train import ConfigError, evaluate, run
 
@@ -35,9 +34,6 @@ def test_eval_reproduces_the_last_validation(compose_train, tmp_path, data_root)
     run_dir = tmp_path / "run"
     cfg = compose_train(*SHORT, output_dir=run_dir)
     metrics, _ = run(cfg)
-    # What Hydra writes for a real run: the job's config beside checkpoints/.
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     evaluated = evaluate(_eval_cfg(tmp_path, data_root, f"ckpt_path={ckpt}"))
