@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from webdataset.shardlists import expand_urls
 
+from spec_align.data._progress import progress
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ShardSet",
@@ -427,7 +429,9 @@ def make_shards(
     for name, part in splits.items():
         skipped: list[tuple[str, str]] = []
         shards = write_shards(
-            _import_samples(part, root, max_size, skipped),
+            _import_samples(
+                progress(part, desc=f"writing {name} shards"), root, max_size, skipped
+            ),
             out_dir,
             prefix=name,
             samples_per_shard=samples_per_shard,
