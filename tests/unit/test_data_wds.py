@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 
 from spec_align.data import (
@@ -23,6 +24,7 @@ from spec_align.data import (
     SkipCounter,
     WdsDataModule,
     build_eval_pipeline,
+    build_train_pipeline,
     check_shard_count,
     compute_ref_cache,
     expand_shards,
@@ -434,3 +436,115 @@ def test_shards_are_plain_tars_with_one_member_per_field(shards):
     with tarfile.open(expand_shards(shards)[0]) as tar:
         names = tar.getnames()
     assert names[:4] == ["s00000.json", "s00000.png", "s00001.cls", "s00001.json"]
+
+
+def test_a_truncated_shard_counts_the_samples_it_loses_on_every_read(tmp_path):
+    """Resampled training reads a cut-off shard again and again: each read loses the samples
+    after the cut, and the counts say so (not one skip per read)."""
+    (path,) = write_shards(_samples(32), tmp_path, prefix="t", samples_per_shard=32).paths
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    intact = len(_keys(build_eval_pipeline(path, transform=ResizeToTensor(8), batch_size=8)))
+    assert 0 < intact < 32
+    counter = SkipCounter()
+    pipeline = build_train_pipeline(
+        path,
+        transform=ResizeToTensor(8),
+        batch_size=8,
+        samples_per_epoch=96,
+        num_workers=0,
+        shuffle_buffer=0,
+        counter=counter,
+    )
+    batches = list(pipeline)
+    assert sum(len(b["key"]) for b in batches) == 96  # the epoch keeps its length
+    # A read that failed is one shard error and loses 32 - intact samples.
+    reads = 96 // intact
+    assert counter.shard_errors in (reads - 1, reads)
+    assert counter.samples_skipped == (32 - intact) * counter.shard_errors
+    last = batches[-1]
+    assert (int(last["samples_skipped"]), int(last["shard_errors"])) == (
+        counter.samples_skipped,
+        counter.shard_errors,
+    )
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "val_samples", "val_batch_size", "expected"),
+    [(0, None, 10, 10), (2, None, 10, 10), (4, None, 10, 12), (4, 20, 3, 8), (0, 20, 8, 3)],
+)
+def test_val_loader_length_is_the_number_of_batches_it_yields(
+    shards, num_workers, val_samples, val_batch_size, expected
+):
+    dm = _datamodule(
+        shards, num_workers=num_workers, val_samples=val_samples, val_batch_size=val_batch_size
+    )
+    loader = dm.val_dataloader()
+    # 6 shards of 16 split over the workers; each worker ends on its own partial batch.
+    assert len(loader) == expected == len(list(loader))
+
+
+@pytest.mark.parametrize(("max_samples", "expected", "samples"), [(None, 11, 96), (30, 4, 32)])
+def test_eval_pipeline_length_is_per_rank_and_worker(shards, max_samples, expected, samples):
+    # 6 shards over 2 ranks x 2 workers: worker 0 of each rank reads 2 shards (32 samples,
+    # 7 batches of 5), worker 1 one shard (16, 4 batches); max_samples=30: 8 per reader.
+    keys = []
+    for rank in (0, 1):
+        pipeline = build_eval_pipeline(
+            shards,
+            transform=ResizeToTensor(8),
+            batch_size=5,
+            world_size=2,
+            rank=rank,
+            max_samples=max_samples,
+            num_workers=2,
+        )
+        loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=2)
+        batches = list(loader)
+        assert len(loader) == len(batches) == expected
+        keys += [k for b in batches for k in b["key"]]
+    assert len(keys) == len(set(keys)) == samples
+
+
+class _CountValSteps(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.keys: list[str] = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.keys += batch["key"]
+
+
+def test_lightning_validation_knows_its_total_and_reads_everything(shards):
+    """The length reaches Lightning (its progress bar shows x/N) and, being exact, never
+    cuts the pass short (Lightning stops an evaluation loop at the loader's length)."""
+    dm = WdsDataModule(shards, shards, batch_size=8, val_batch_size=10, num_workers=2)
+    model = _CountValSteps()
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    trainer.validate(model, datamodule=dm)
+    assert trainer.num_val_batches == [10]
+    assert sorted(model.keys) == [f"s{i:05d}" for i in range(NUM_SAMPLES)]
+
+
+def test_eval_pipeline_length_without_sizes_is_unknown(shards):
+    directory, name = os.path.split(shards)
+    pipeline = build_eval_pipeline(
+        [f"pipe:cat {directory}/train-000000.tar"], transform=ResizeToTensor(8), batch_size=4
+    )
+    with pytest.raises(TypeError, match="no fixed length"):
+        len(pipeline)
+    assert len(list(pipeline)) == 4
+
+
+def test_eval_pipeline_refuses_another_worker_count(shards):
+    pipeline = build_eval_pipeline(shards, transform=ResizeToTensor(8), batch_size=8)
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=2)
+    with pytest.raises(ValueError, match="built for num_workers=0 but runs in 2"):
+        next(iter(loader))
