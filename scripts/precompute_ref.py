@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> RefCache:
         meta={"encoder": args.encoder, "encoder_kwargs": args.encoder_kwargs},
     )
     print(f"cached {len(cache)} embeddings of dim {cache.dim} in {args.out}")
-    if cache.meta.get("skipped"):
-        print(f"skipped {cache.meta['skipped']} corrupt samples or shard remainders")
+    samples, shards = cache.meta["samples_skipped"], cache.meta["shard_errors"]
+    if samples or shards:
+        print(f"skipped corrupt data: {samples} samples lost, {shards} shard reads failed")
     return cache
 
 

@@ -14,6 +14,7 @@ from spec_align.data.shards import (
     images_from_folder,
     make_shards,
     read_sizes,
+    shard_sizes,
     write_shards,
 )
 from spec_align.data.wds import (
@@ -49,6 +50,7 @@ __all__ = [
     "images_to_float",
     "make_shards",
     "read_sizes",
+    "shard_sizes",
     "write_ref_cache",
     "write_shards",
 ]

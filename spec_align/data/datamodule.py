@@ -56,6 +56,9 @@ class WdsDataModule(LightningDataModule):
     (`train_samples_per_epoch`, split evenly over ranks and workers) and never runs dry; the
     stream is deterministic given `seed`, the world size and `num_workers`, and changes every
     epoch. Validation reads every val shard once in order, split by rank then worker.
+    Both loaders have a length (batches per epoch on this rank) where it is known, so progress
+    bars show totals: always for training, and for validation when sizes.json lists every
+    val shard (built-in datasets and `scripts/make_shards.py` output do).
 
     Batches (dict):
         image: (B, 3, H, W) as `train_transform` / `eval_transform` return it: uint8 from
@@ -66,8 +69,12 @@ class WdsDataModule(LightningDataModule):
         meta: list[dict | None] per-sample json metadata.
         ref: float (B, d) reference embeddings, only when the shards carry `ref.npy` or
             `ref_cache` is given (the cache wins).
-        num_skipped: long scalar, corrupt samples and shard remainders skipped so far by this
-            rank's loader of that split (all workers, whole run); also `num_skipped` attribute.
+        samples_skipped: long scalar, samples lost so far by this rank's loader of that
+            split (all workers, whole run): 1 per corrupt sample, and for a shard read that
+            fails, the shard's sizes.json count minus the samples it yielded (nothing for a
+            shard that sizes.json does not list: a lower bound then). See `SkipCounter`.
+        shard_errors: long scalar, shard reads that failed so far on the same loader (with
+            resampling, one shard can fail on each read). Both also in `skip_counts`.
 
     Data-wait time is measured by the training module (see `DataWaitTimer`).
 
@@ -189,11 +196,12 @@ class WdsDataModule(LightningDataModule):
             self._train_skips, self._val_skips = SkipCounter(), SkipCounter()
 
     @property
-    def num_skipped(self) -> dict[str, int]:
-        """Samples/shard remainders skipped so far on this rank, per split."""
+    def skip_counts(self) -> dict[str, dict[str, int]]:
+        """Corrupt data skipped so far on this rank: split -> `SkipCounter.counts()`."""
         if self._train_skips is None:
-            return {"train": 0, "val": 0}
-        return {"train": self._train_skips.value, "val": self._val_skips.value}
+            none = {"samples_skipped": 0, "shard_errors": 0}
+            return {"train": dict(none), "val": dict(none)}
+        return {"train": self._train_skips.counts(), "val": self._val_skips.counts()}
 
     @property
     def batches_per_epoch(self) -> int:

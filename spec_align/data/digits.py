@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from spec_align.data._prepare import prepare_once
+from spec_align.data._progress import progress
 from spec_align.data.shards import write_shards
 
 __all__ = ["caption_for", "prepare"]
@@ -95,7 +96,12 @@ def prepare(
                 }
                 for i in indices
             )
-            shards = write_shards(samples, tmp, prefix=split, samples_per_shard=samples_per_shard)
+            shards = write_shards(
+                progress(samples, desc=f"writing digits {split}", total=len(indices)),
+                tmp,
+                prefix=split,
+                samples_per_shard=samples_per_shard,
+            )
             info[split] = os.path.basename(shards.pattern)
             info[f"{split}_samples"] = shards.num_samples
         info["classes"] = [str(d) for d in range(10)]

@@ -137,7 +137,9 @@ def compute_ref_cache(
 ) -> RefCache:
     """Run a frozen encoder once over every sample of `shards` and cache the embeddings.
 
-    Corrupt samples are skipped as in training (they would be skipped there too).
+    Corrupt samples are skipped as in training (they would be skipped there too); meta.json
+    records the `SkipCounter` counts (`samples_skipped`, `shard_errors`). Progress goes to a
+    tqdm bar on stderr, with a total from sizes.json where it lists every shard.
 
     Args:
         shards: shard spec (pattern, list or URLs; see `expand_shards`).
@@ -155,7 +157,8 @@ def compute_ref_cache(
         The written cache.
     """
     # Imported here: the pipeline module imports this one for RefCache.
-    from spec_align.data.shards import expand_shards
+    from spec_align.data._progress import progress
+    from spec_align.data.shards import expand_shards, read_sizes
     from spec_align.data.wds import (
         ResizeToTensor,
         SkipCounter,
@@ -178,11 +181,13 @@ def compute_ref_cache(
         encoder.eval().to(device)
     keys: list[str] = []
     chunks: list[np.ndarray] = []
-    for batch in loader:
-        features = encoder(images_to_float(batch["image"].to(device)))
-        chunks.append(features.float().cpu().numpy())
-        keys.extend(batch["key"])
+    with progress(desc="reference cache", total=read_sizes(urls)) as bar:
+        for batch in loader:
+            features = encoder(images_to_float(batch["image"].to(device)))
+            chunks.append(features.float().cpu().numpy())
+            keys.extend(batch["key"])
+            bar.update(len(batch["key"]))
     if not keys:
         raise ValueError(f"no decodable samples in {len(urls)} shards")
-    info = {"shards": urls, "skipped": counter.value, **(meta or {})}
+    info = {"shards": urls, **counter.counts(), **(meta or {})}
     return write_ref_cache(path, keys, np.concatenate(chunks), dtype=dtype, meta=info)

@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from webdataset.shardlists import expand_urls
 
+from spec_align.data._progress import progress
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ShardSet",
@@ -36,6 +38,7 @@ __all__ = [
     "make_shards",
     "read_sizes",
     "shard_pattern",
+    "shard_sizes",
     "write_shards",
 ]
 
@@ -131,24 +134,36 @@ def check_shard_count(num_shards: int, num_workers: int, world_size: int, name: 
         )
 
 
-def read_sizes(urls: Sequence[str]) -> int | None:
-    """Total sample count of `urls` from the sizes.json beside them, or None when unknown."""
-    total = 0
-    cache: dict[str, dict] = {}
+def shard_sizes(urls: Sequence[str]) -> dict[str, int]:
+    """Samples per shard from the sizes.json beside each local shard.
+
+    Returns:
+        url -> sample count for the urls whose sizes.json lists them; remote urls and shards
+        without an entry are left out.
+    """
+    sizes: dict[str, int] = {}
+    listings: dict[str, dict] = {}
     for url in urls:
         if not _is_local(url):
-            return None
+            continue
         directory, name = os.path.split(url.removeprefix("file:"))
-        if directory not in cache:
+        if directory not in listings:
             sizes_file = os.path.join(directory, "sizes.json")
-            if not os.path.exists(sizes_file):
-                return None
-            with open(sizes_file) as f:
-                cache[directory] = json.load(f)
-        if name not in cache[directory]:
-            return None
-        total += int(cache[directory][name])
-    return total
+            listings[directory] = {}
+            if os.path.exists(sizes_file):
+                with open(sizes_file) as f:
+                    listings[directory] = json.load(f)
+        if name in listings[directory]:
+            sizes[url] = int(listings[directory][name])
+    return sizes
+
+
+def read_sizes(urls: Sequence[str]) -> int | None:
+    """Total sample count of `urls` from the sizes.json beside them, or None when unknown."""
+    sizes = shard_sizes(urls)
+    if not all(url in sizes for url in urls):
+        return None
+    return sum(sizes[url] for url in urls)
 
 
 def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
@@ -381,7 +396,8 @@ def make_shards(
 ) -> dict[str, ShardSet]:
     """Write image sources (from `images_from_folder` / `images_from_csv`) as shards.
 
-    Unreadable images are skipped, logged and listed in each ShardSet's `skipped`.
+    Unreadable images are skipped, logged and listed in each ShardSet's `skipped`. Progress
+    (images per split) goes to a tqdm bar on stderr.
 
     Args:
         sources: images with optional caption and label.
@@ -413,7 +429,9 @@ def make_shards(
     for name, part in splits.items():
         skipped: list[tuple[str, str]] = []
         shards = write_shards(
-            _import_samples(part, root, max_size, skipped),
+            _import_samples(
+                progress(part, desc=f"writing {name} shards"), root, max_size, skipped
+            ),
             out_dir,
             prefix=name,
             samples_per_shard=samples_per_shard,

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from spec_align.data._prepare import prepare_once
+from spec_align.data._progress import progress
 from spec_align.data.shards import write_shards
 
 __all__ = [
@@ -196,8 +197,9 @@ def prepare(
         attributes: dict[str, dict] = {}
         info = {"name": "synthetic", "version": VERSION, "image_size": image_size, "seed": seed}
         for split, num in (("train", num_train), ("val", num_val)):
+            samples = _samples(split, num, seed, image_size, attributes)
             shards = write_shards(
-                _samples(split, num, seed, image_size, attributes),
+                progress(samples, desc=f"generating synthetic {split}", total=num),
                 tmp,
                 prefix=split,
                 samples_per_shard=samples_per_shard,

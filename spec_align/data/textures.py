@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from spec_align.data._prepare import prepare_once
+from spec_align.data._progress import progress
 from spec_align.data.shards import write_shards
 
 __all__ = ["CAPTIONS", "CLASSES", "prepare"]
@@ -83,7 +84,12 @@ def prepare(
                 }
                 for path, label in items
             )
-            shards = write_shards(samples, tmp, prefix=split, samples_per_shard=samples_per_shard)
+            shards = write_shards(
+                progress(samples, desc=f"writing textures {split}", total=len(items)),
+                tmp,
+                prefix=split,
+                samples_per_shard=samples_per_shard,
+            )
             info[split] = os.path.basename(shards.pattern)
             info[f"{split}_samples"] = shards.num_samples
         info["classes"] = list(CLASSES)

@@ -11,7 +11,8 @@ batches relies on the DataLoader's round-robin order (which is fixed).
 
 Corrupt data: a shard that cannot be opened or is truncated, a sample without an image or
 with an undecodable image is logged as a warning, counted in a `SkipCounter` shared by all
-workers of the process, and skipped. A reference-cache miss is not corrupt data: it raises.
+workers of the process, and skipped: it counts the samples lost and, separately, the shard
+reads that failed. A reference-cache miss is not corrupt data: it raises.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from webdataset.gopen import gopen
 from webdataset.utils import make_seed
 
 from spec_align.data.ref_cache import RefCache, RefCacheMissError
-from spec_align.data.shards import IMAGE_EXTENSIONS, ShardSpec, expand_shards
+from spec_align.data.shards import IMAGE_EXTENSIONS, ShardSpec, expand_shards, shard_sizes
 
 __all__ = [
     "ImageTransform",
@@ -123,26 +124,63 @@ class SharedEpoch:
 
 
 class SkipCounter:
-    """Webdataset exception handler that logs, counts and skips bad shards and samples.
+    """Webdataset exception handler that logs, counts and skips corrupt samples and shards.
 
-    The count lives in shared memory: all DataLoader workers of one process add to it and the
-    main process reads it (`value`), cumulative over the whole run. Configuration errors
-    (`RefCacheMissError`) are re-raised instead of skipped.
+    Two counts, cumulative over the whole run, in shared memory (all DataLoader workers of one
+    process add to them and the main process reads them):
+
+        samples_skipped: samples lost. A sample without an image or with an undecodable one
+            counts 1 (as handler of a sample stage: `counter(exn)`). A shard read that fails
+            counts the samples its sizes.json entry lists minus those the read yielded
+            before the failure (`shard_failed`); a shard that sizes.json does not list (a
+            remote one, or none written) adds nothing here, so the count is then a lower
+            bound.
+        shard_errors: shard reads that failed (cannot be opened, truncated, damaged). With
+            resampled shards the same shard can fail, and lose its samples, on every read.
+
+    Configuration errors (`RefCacheMissError`) are re-raised instead of skipped.
     """
 
     def __init__(self) -> None:
-        self._value = mp.Value("q", 0)
+        # One array, so that both counts change under one lock and are read consistently.
+        self._counts = mp.Array("q", 2)
 
     @property
-    def value(self) -> int:
-        return self._value.value
+    def samples_skipped(self) -> int:
+        return self._counts[0]
+
+    @property
+    def shard_errors(self) -> int:
+        return self._counts[1]
+
+    def counts(self) -> dict[str, int]:
+        """{"samples_skipped": ..., "shard_errors": ...} read together."""
+        with self._counts.get_lock():
+            return {"samples_skipped": self._counts[0], "shard_errors": self._counts[1]}
 
     def __call__(self, exn: Exception) -> bool:
+        return self._skip(exn, samples=1, shard_errors=0)
+
+    def shard_failed(self, exn: Exception, samples_lost: int | None) -> bool:
+        """Count a failed shard read that lost `samples_lost` samples (None: unknown)."""
+        return self._skip(exn, samples=samples_lost, shard_errors=1)
+
+    def _skip(self, exn: Exception, samples: int | None, shard_errors: int) -> bool:
         if isinstance(exn, RefCacheMissError):
             raise exn
-        with self._value.get_lock():
-            self._value.value += 1
-        log.warning("skipping corrupt data (%d skipped so far): %r", self._value.value, exn)
+        with self._counts.get_lock():
+            self._counts[0] += samples or 0
+            self._counts[1] += shard_errors
+            total, errors = self._counts[0], self._counts[1]
+        if not shard_errors:
+            what = "skipped a corrupt sample"
+        elif samples is None:
+            what = "a shard read failed (samples lost unknown: sizes.json does not list it)"
+        else:
+            what = f"a shard read failed, losing {samples} samples"
+        log.warning(
+            "%s (so far %d samples skipped, %d shard errors): %r", what, total, errors, exn
+        )
         return True
 
 
@@ -171,17 +209,34 @@ class _ResampledShards(IterableDataset):
             yield {"url": self.urls[rng.randrange(len(self.urls))]}
 
 
-class _SplitShards(IterableDataset):
-    """Each shard once, split across ranks then workers (rank r, worker w of W on rank r)."""
+def _reader_shards(
+    urls: Sequence[str], rank: int, world_size: int, worker: int, num_workers: int
+) -> list[str]:
+    """The shards one reader (worker `worker` of `num_workers` on `rank`) reads in one pass."""
+    return list(urls[rank::world_size][worker :: max(num_workers, 1)])
 
-    def __init__(self, urls: Sequence[str], rank: int, world_size: int) -> None:
+
+class _SplitShards(IterableDataset):
+    """Each shard once, split across ranks then workers (rank r, worker w of W on rank r).
+
+    Built for `num_workers` DataLoader workers (0: the main process), and refuses to run in
+    another number: the pipeline's length and per-reader sample limit are computed for it.
+    """
+
+    def __init__(self, urls: Sequence[str], rank: int, world_size: int, num_workers: int) -> None:
         super().__init__()
         self.urls = list(urls)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker_id()
-        for url in self.urls[self.rank :: self.world_size][worker::num_workers]:
+        if num_workers != max(self.num_workers, 1):
+            raise ValueError(
+                f"this evaluation pipeline was built for num_workers={self.num_workers} but "
+                f"runs in {num_workers} DataLoader worker(s); pass the DataLoader's "
+                "num_workers to build_eval_pipeline"
+            )
+        for url in _reader_shards(self.urls, self.rank, self.world_size, worker, num_workers):
             yield {"url": url}
 
 
@@ -261,15 +316,18 @@ def decode_sample(
     return out
 
 
-def collate(samples: list[dict], num_skipped: int = 0) -> dict[str, Any]:
+def collate(
+    samples: list[dict], samples_skipped: int = 0, shard_errors: int = 0
+) -> dict[str, Any]:
     """Stack decoded samples into a batch.
 
     Returns:
         image: (B, 3, H, W), as the transform returns it (uint8 from the default one: see
         `images_to_float`); text: list[str] ("" where absent); label: long (B,) (-1
         where absent); key: list[str]; meta: list[dict | None]; ref: float (B, d), present only
-        when every sample has one; num_skipped: long scalar, samples and shard remainders
-        skipped so far by this process's loader (all workers together, whole run).
+        when every sample has one; samples_skipped and shard_errors: long scalars, the
+        counts of the loader's `SkipCounter` when the batch was made (samples lost and
+        failed shard reads so far, all workers of the process together, whole run).
 
     Raises:
         ValueError: some samples of the batch have a reference embedding and others not.
@@ -292,12 +350,13 @@ def collate(samples: list[dict], num_skipped: int = 0) -> dict[str, Any]:
             f"{len(samples) - with_ref} of {len(samples)} samples lack a ref embedding "
             f"(e.g. {missing}); store ref.npy for every sample or pass a complete ref cache"
         )
-    batch["num_skipped"] = torch.tensor(num_skipped, dtype=torch.long)
+    batch["samples_skipped"] = torch.tensor(samples_skipped, dtype=torch.long)
+    batch["shard_errors"] = torch.tensor(shard_errors, dtype=torch.long)
     return batch
 
 
 class _Batch:
-    """Batches samples; attaches the current skip count to each batch."""
+    """Batches samples; attaches the current skip counts to each batch."""
 
     def __init__(self, batch_size: int, partial: bool, counter: SkipCounter) -> None:
         self.batch_size, self.partial, self.counter = batch_size, partial, counter
@@ -307,10 +366,10 @@ class _Batch:
         for sample in src:
             buffer.append(sample)
             if len(buffer) == self.batch_size:
-                yield collate(buffer, self.counter.value)
+                yield collate(buffer, **self.counter.counts())
                 buffer = []
         if buffer and self.partial:
-            yield collate(buffer, self.counter.value)
+            yield collate(buffer, **self.counter.counts())
 
 
 class _Pipeline(wds.DataPipeline):
@@ -412,23 +471,29 @@ class _TarSamples:
     Replaces webdataset's tar expansion because that one accepts a truncated member as a
     short read and a cut-off header as the end: a shard cut off mid-file would silently yield
     a sample with damaged or missing fields. Here any read error drops the sample being
-    assembled and the rest of the shard, reported once through the handler.
+    assembled and the rest of the shard, reported once through `counter.shard_failed` with
+    the samples lost: the shard's count in `sizes` minus the samples this read yielded.
 
     Member names follow webdataset: "<dir/>key.ext.ext2" is field "ext.ext2" (lower case) of
     sample "<dir/>key", the key ending at the first dot of the base name.
     """
 
-    def __init__(self, handler: Callable[[Exception], bool]) -> None:
-        self.handler = handler
+    def __init__(self, counter: SkipCounter, sizes: dict[str, int]) -> None:
+        self.counter, self.sizes = counter, sizes
 
     def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
         for source in src:
             url = source["url"]
+            yielded = 0
             try:
-                yield from self._read(url)
+                for sample in self._read(url):
+                    yield sample
+                    yielded += 1
             except Exception as exn:
                 exn.args = (*exn.args, url)
-                if not self.handler(exn):
+                expected = self.sizes.get(url)
+                lost = None if expected is None else max(expected - yielded, 0)
+                if not self.counter.shard_failed(exn, lost):
                     return
 
     @staticmethod
@@ -456,11 +521,32 @@ def _sample_stages(
     shard_source: IterableDataset,
     transform: ImageTransform,
     counter: SkipCounter,
+    sizes: dict[str, int],
     ref_cache: str | None,
 ) -> tuple[list, list]:
-    return [shard_source, _TarSamples(counter)], [
+    return [shard_source, _TarSamples(counter, sizes)], [
         wds.map(_Decode(transform, ref_cache), handler=counter)
     ]
+
+
+def _eval_batches(
+    urls: Sequence[str],
+    sizes: dict[str, int],
+    rank: int,
+    world_size: int,
+    readers: int,
+    share: int | None,
+    batch_size: int,
+) -> int | None:
+    """Batches one evaluation pass yields on `rank` from intact shards (None: sizes unknown)."""
+    total = 0
+    for worker in range(readers):
+        shards = _reader_shards(urls, rank, world_size, worker, readers)
+        if any(url not in sizes for url in shards):
+            return None
+        samples = sum(sizes[url] for url in shards)
+        total += math.ceil((samples if share is None else min(samples, share)) / batch_size)
+    return total
 
 
 def build_train_pipeline(
@@ -508,7 +594,7 @@ def build_train_pipeline(
     readers = max(num_workers, 1)
     per_worker = math.ceil(samples_per_epoch / (batch_size * world_size * readers))
     source, decode = _sample_stages(
-        _ResampledShards(urls, seed, rank, epoch), transform, counter, ref_cache
+        _ResampledShards(urls, seed, rank, epoch), transform, counter, shard_sizes(urls), ref_cache
     )
     shuffle = [_Shuffle(shuffle_buffer, seed, rank, epoch)] if shuffle_buffer > 1 else []
     pipeline = _Pipeline(
@@ -535,6 +621,12 @@ def build_eval_pipeline(
 ) -> _Pipeline:
     """One ordered pass over the shards, split by rank then worker, last batch partial.
 
+    The pipeline must run in `num_workers` DataLoader workers (it raises otherwise). When
+    sizes.json lists every shard of this rank, `len()` is the exact number of batches this
+    rank yields from intact shards (each reader ends on its own partial batch), so
+    progress bars show a total; corrupt data can only make the pass shorter. Otherwise
+    `len()` raises TypeError, as for any IterableDataset without a length.
+
     Args:
         urls: shard spec (pattern, list or URLs; see `expand_shards`).
         transform: PIL image -> (3, H, W) tensor.
@@ -543,17 +635,19 @@ def build_eval_pipeline(
         rank: this process's rank.
         max_samples: stop after about this many samples over all ranks and workers (each
             reader takes an equal share, rounded up); None reads everything.
-        num_workers: DataLoader workers per rank (only used with max_samples).
+        num_workers: DataLoader workers per rank that will run the pipeline (0: the main
+            process).
         counter: skip counter/handler (new one if None).
         ref_cache: path of a reference cache.
     """
     urls = expand_shards(urls)
     counter = counter or SkipCounter()
+    sizes = shard_sizes(urls)
+    readers = max(num_workers, 1)
     source, decode = _sample_stages(
-        _SplitShards(urls, rank, world_size), transform, counter, ref_cache
+        _SplitShards(urls, rank, world_size, num_workers), transform, counter, sizes, ref_cache
     )
-    limit = []
-    if max_samples is not None:
-        share = math.ceil(max_samples / (world_size * max(num_workers, 1)))
-        limit = [wds.slice(share)]
-    return _Pipeline(*source, *decode, *limit, _Batch(batch_size, True, counter))
+    share = None if max_samples is None else math.ceil(max_samples / (world_size * readers))
+    limit = [] if share is None else [wds.slice(share)]
+    length = _eval_batches(urls, sizes, rank, world_size, readers, share, batch_size)
+    return _Pipeline(*source, *decode, *limit, _Batch(batch_size, True, counter), length=length)

@@ -98,8 +98,9 @@ class SpecAlignModule(LightningModule):
     validation probe when validation runs first (Lightning's sanity check).
 
     Logged keys (see `metric_names`): train/loss, train/task_loss, train/spec_diff (steps with
-    the penalty active), train/data_wait_s (time waiting for the batch), train/num_skipped
-    (corrupt samples skipped so far); val/spec_diff (float64 SPEC-diff of the exact kernels,
+    the penalty active), train/data_wait_s (time waiting for the batch), train/samples_skipped
+    and train/shard_errors (samples lost to corrupt data and failed shard reads so far, see
+    `SkipCounter`); val/spec_diff (float64 SPEC-diff of the exact kernels,
     with the penalty's bandwidths, on the fixed probe set: the first `probe_size` validation
     samples), val/spec_diff_features (the same with the penalty's random-feature maps),
     val/spec_diff_best, val/task_loss,
@@ -180,7 +181,8 @@ class SpecAlignModule(LightningModule):
     @property
     def metric_names(self) -> list[str]:
         """Keys this configuration can log (optimized_metric must be one of them)."""
-        names = ["train/loss", "train/task_loss", "train/data_wait_s", "train/num_skipped"]
+        names = ["train/loss", "train/task_loss", "train/data_wait_s"]
+        names += ["train/samples_skipped", "train/shard_errors"]
         if self.penalty is not None:
             names += [
                 "train/spec_diff",
@@ -292,8 +294,8 @@ class SpecAlignModule(LightningModule):
                 f"train/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=size
             )
         self.log("train/data_wait_s", self._data_wait, on_epoch=True, batch_size=size)
-        skipped = float(batch.get("num_skipped", 0))
-        self.log("train/num_skipped", skipped, on_step=True, reduce_fx="max", batch_size=size)
+        for name in ("samples_skipped", "shard_errors"):  # this rank's loader, whole run
+            self.log(f"train/{name}", float(batch.get(name, 0)), on_step=True, batch_size=size)
         return out["loss"]
 
     def on_train_start(self) -> None:

@@ -53,7 +53,10 @@ def test_make_shards_from_class_folders_skips_unreadable_images(tmp_path, capsys
     }
     skipped = json.loads((out / "skipped.json").read_text())
     assert [Path(s["path"]).name for s in skipped] == ["broken.jpg"]
-    assert "skipped 1 unreadable images" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "skipped 1 unreadable images" in captured.out
+    # A progress bar with the total on stderr: 12 sources, the unreadable one included.
+    assert "writing train shards: 100%" in captured.err and "12/12" in captured.err
     assert json.loads((out / "classes.json").read_text()) == ["black_cat", "dog"]
     batch = _read_all(train.pattern)
     by_source = {
@@ -113,7 +116,7 @@ class _MeanColour(torch.nn.Module):
         return torch.cat([mean, torch.ones(len(images), 1)], dim=1)
 
 
-def test_precompute_ref_caches_an_importable_encoder(tmp_path, monkeypatch):
+def test_precompute_ref_caches_an_importable_encoder(tmp_path, monkeypatch, capsys):
     root = tmp_path / "imgs"
     for i in range(6):
         _image(root / "a" / f"{i}.png", 40 * i)
@@ -144,6 +147,8 @@ def test_precompute_ref_caches_an_importable_encoder(tmp_path, monkeypatch):
         ]
     )
     assert len(cache) == 6 and cache.dim == 4
+    progress = capsys.readouterr().err
+    assert "reference cache: 100%" in progress and "6/6" in progress
     assert cache.meta["encoder"] == "toy_ref_encoder:MeanColour"
     batch = _read_all(splits["train"].pattern)
     for key, meta in zip(batch["key"], batch["meta"], strict=True):
