@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from spec_align.train import evaluate
+from spec_align.train import ConfigError, evaluate
 from spec_align.utils import register_resolvers
 
 register_resolvers()
@@ -11,7 +11,11 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    for name, value in sorted(evaluate(cfg).items()):
+    try:
+        metrics = evaluate(cfg)
+    except ConfigError as err:  # the user's to fix: the message, without a traceback
+        raise SystemExit(f"error: {err}") from None
+    for name, value in sorted(metrics.items()):
         print(f"{name}: {value:.6f}")
 
 

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from spec_align.train import run
+from spec_align.train import ConfigError, run
 from spec_align.utils import register_resolvers
 
 register_resolvers()
@@ -11,7 +11,10 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = run(cfg)
+    try:
+        metrics, _ = run(cfg)
+    except ConfigError as err:  # the user's to fix: the message, without a traceback
+        raise SystemExit(f"error: {err}") from None
     # The value a sweeper (e.g. Optuna) optimises.
     return metrics.get(cfg.get("optimized_metric"))
 

@@ -23,7 +23,9 @@ from collections.abc import Callable
 import torch
 
 from spec_align.data.ref_cache import RefCache, compute_ref_cache
+from spec_align.data.shards import expand_shards
 from spec_align.data.wds import ResizeToTensor
+from spec_align.encoders.hub import WeightsUnavailableError
 
 
 def load_object(spec: str) -> object:
@@ -67,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> RefCache:
     args = parse_args(argv)
+    # The shards first: a typo in the pattern should not wait for the encoder to load.
+    expand_shards(args.shards, check_exists=True)
     encoder = load_encoder(args.encoder, args.encoder_kwargs)
     if args.transform is not None:
         transform = load_transform(args.transform, args.transform_kwargs)
@@ -91,4 +95,7 @@ def main(argv: list[str] | None = None) -> RefCache:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, ValueError, WeightsUnavailableError) as err:
+        raise SystemExit(f"error: {err}") from None
