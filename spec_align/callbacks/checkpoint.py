@@ -78,5 +78,5 @@ class LastCheckpoint(Checkpoint):
         if skip:
             return
         # A collective (every rank calls it; rank zero writes).
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
         self._saved_step = trainer.global_step

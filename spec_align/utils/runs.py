@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from spec_align.utils.checkpoint_io import checkpoint_problem
@@ -191,7 +192,12 @@ def checked_overrides(overrides: Sequence[str], source: str | Path) -> list[str]
     Raises:
         RunDirError: naming the offending override and `source`.
     """
-    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    try:
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    except OverrideParseException as err:
+        raise RunDirError(
+            f"{source}: cannot parse the overrides ({err}). Nothing was run."
+        ) from None
     for text, override in zip(overrides, parsed, strict=True):
         key = override.key_or_group
         parts = key.replace("/", ".").split(".")

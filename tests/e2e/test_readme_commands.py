@@ -105,7 +105,7 @@ def shell(user_dir: Path, shared_data: Path, tmp_path: Path):
             text=True,
             timeout=1200,
         )
-        output = result.stdout + result.stderr
+        result.output = output = result.stdout + result.stderr  # Hydra logs to stdout
         if ok:
             assert result.returncode == 0, output[-4000:]
         else:
@@ -190,14 +190,14 @@ def test_every_readme_command_is_tested():
 def test_default_run_then_resume_then_evaluate(shell, user_dir):
     trained = shell("python train.py", "trainer.max_epochs=1")
     (first,) = _runs(user_dir)
-    assert "run finished at epoch 1, step 32" in trained.stderr
-    assert f"last checkpoint: {first / 'checkpoints' / 'last.ckpt'}" in trained.stderr
-    assert "wandb sync" in trained.stderr
-    spec_diff = float(re.search(r"val/spec_diff \(optimized\): final ([\d.]+)", trained.stderr)[1])
+    assert "run finished at epoch 1, step 32" in trained.output
+    assert f"last checkpoint: {first / 'checkpoints' / 'last.ckpt'}" in trained.output
+    assert "wandb sync" in trained.output
+    spec_diff = float(re.search(r"val/spec_diff \(optimized\): final ([\d.]+)", trained.output)[1])
 
     resumed = shell("python train.py ckpt_path=last", "trainer.max_epochs=2")
     second = next(r for r in _runs(user_dir) if r != first)
-    assert "run finished at epoch 2, step 64" in resumed.stderr
+    assert "run finished at epoch 2, step 64" in resumed.output
     assert (second / "resumed_from.txt").read_text().strip() == str(
         (first / "checkpoints" / "last.ckpt").resolve()
     )
@@ -206,7 +206,7 @@ def test_default_run_then_resume_then_evaluate(shell, user_dir):
     evaluated = shell(
         "python eval.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt", run=first.name
     )
-    values = dict(line.split(": ") for line in evaluated.stdout.strip().splitlines())
+    values = dict(re.findall(r"^(val/\S+): (\S+)$", evaluated.stdout, flags=re.M))
     assert float(values["val/spec_diff"]) == pytest.approx(spec_diff, abs=1e-4)
 
 
@@ -235,7 +235,7 @@ def test_sweep_gives_one_dir_run_and_name_per_job(shell, user_dir):
 @pytest.mark.slow
 def test_ddp_sim_trains_on_two_processes(shell, user_dir):
     result = shell("trainer=ddp_sim", *SHORT)
-    assert "run finished" in result.stderr
+    assert "run finished" in result.output
     assert (_runs(user_dir)[0] / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -308,7 +308,7 @@ def test_spec_compare_writes_a_report(shell, user_dir):
 def test_torchrun_compare(shell, user_dir):
     _features(user_dir)
     result = shell("torchrun --nproc-per-node 2 -m spec_align.cli a.npy b.npy --rff-dim 1024")
-    assert "SPEC-diff" in result.stdout + result.stderr
+    assert "SPEC-diff" in result.output
 
 
 @pytest.mark.slow
