@@ -81,7 +81,7 @@ def check_finite_losses(terms: Mapping[str, Tensor], step: int, trainer: Any = N
     # Name the terms themselves, not the total they made non-finite.
     culprits = [name for name in bad if name != "loss"] or bad
     described = ", ".join(f"the {TERM_ROLES.get(n, 'term')} train/{n}" for n in culprits)
-    values = ", ".join(f"{name}={float(value):.4g}" for name, value in terms.items())
+    values = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in terms.items())
     raise DivergenceError(
         f"training diverged at step {step}: {described} is non-finite (loss terms: {values}). "
         f"No optimizer step was taken with it. {_advice(trainer)}"

@@ -272,6 +272,11 @@ class SpecAlignModule(LightningModule):
         penalty = self.penalty
         if penalty is not None and (penalty.active(step) or not penalty.fitted):
             ref_all = gather_uneven(self.reference(batch))
+            if not penalty.fitted:
+                # Bandwidths fitted on NaN embeddings would fail as "not fitted" instead.
+                check_finite_embeddings(
+                    z_all, self._encoder_state(), step, "the training batch", self._trainer
+                )
             penalty.fit(z_all.detach(), ref_all)
             if penalty.active(step):
                 out["spec_diff"] = penalty(z_all, ref_all).to(z.dtype)

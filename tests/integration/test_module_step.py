@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Trainer
 
 from spec_align.encoders import TINY_CLIP, ClipEncoder, FrozenEncoder
-from spec_align.losses import ContrastiveLoss, NoTaskLoss, SpectralPenalty
+from spec_align.losses import ContrastiveLoss, DivergenceError, NoTaskLoss, SpectralPenalty
 from spec_align.modules import SpecAlignModule, ViewAdapter
 
 BATCH = 16
@@ -182,3 +182,35 @@ def test_checkpoint_has_no_reference_and_loads_strictly(compose_train, tmp_path)
     assert fresh.penalty.map_encoder.sigma == float(module.penalty.sigma_encoder_value)
     for name, p in fresh.encoder.state_dict().items():
         torch.testing.assert_close(p, module.encoder.state_dict()[name])
+
+
+@pytest.mark.parametrize("weights_only", [False, True], ids=["full", "weights_only"])
+def test_a_checkpoint_with_nonfinite_weights_is_not_written(compose_train, tmp_path, weights_only):
+    """Lightning runs the module's on_save_checkpoint before it writes, weights-only too."""
+    cfg = compose_train()
+    module = instantiate(cfg.model)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=instantiate(cfg.data))
+    with torch.no_grad():
+        module.encoder.model.visual.proj.fill_(float("inf"))
+    path = tmp_path / "model.ckpt"
+    with pytest.raises(DivergenceError, match=r"by step 2: .*\(encoder\.model\.visual\.proj\)"):
+        trainer.save_checkpoint(path, weights_only=weights_only)
+    assert not path.exists()
+
+
+def test_a_diverged_encoder_is_reported_before_the_penalty_fits_on_its_output():
+    """The bandwidths used to be fitted on NaN embeddings and fail as "not fixed yet"."""
+    module = _module()
+    with torch.no_grad():
+        module.encoder.model.visual.proj.fill_(float("nan"))
+    with pytest.raises(DivergenceError, match="non-finite on 16 of 16 rows of the training batch"):
+        module.compute_losses(_batch(), step=0)
