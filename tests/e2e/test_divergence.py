@@ -155,3 +155,29 @@ def test_a_finite_run_is_unaffected(compose_train, tmp_path):
     checkpoints = _checkpoints(tmp_path / "output")
     assert len(checkpoints) >= 2, checkpoints
     assert not [p for p, bad in checkpoints.items() if bad], checkpoints
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_together_at_the_nonfinite_loss(tmp_path, train_cli_args, subprocess_env):
+    """Both ranks raise at the same step: none waits in a collective for the other."""
+    command = [
+        sys.executable,
+        "train.py",
+        *train_cli_args,
+        "trainer=ddp_sim",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "model.optimizer.lr=1e9",
+        "loss.spectral.weight=0",
+        "~callbacks.cluster_log",
+        "task_name=ddp_divergence",
+    ]
+    # The timeout only turns a hang into a failure.
+    result = subprocess.run(
+        command, cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=600
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "training diverged at step 1: the task term train/task_loss" in output, output[-3000:]
+    assert not [path for path, bad in _checkpoints(tmp_path).items() if bad]
