@@ -45,11 +45,13 @@ def nonfinite_names(tensors: Iterable[tuple[str, Tensor]]) -> list[str]:
 
 
 def last_good_checkpoint(trainer: Any) -> str | None:
-    """The newest checkpoint file the trainer's checkpoint callback wrote (or resumed with)."""
-    callback = getattr(trainer, "checkpoint_callback", None) if trainer is not None else None
+    """The newest good checkpoint file: the checkpoint callback's last, else the one the run
+    resumed from (a resumed run writes to a new directory), else the callback's best."""
+    callback = getattr(trainer, "checkpoint_callback", None)
     for path in (
-        getattr(callback, "last_model_path", ""),
-        getattr(callback, "best_model_path", ""),
+        getattr(callback, "last_model_path", None),
+        getattr(trainer, "ckpt_path", None),
+        getattr(callback, "best_model_path", None),
     ):
         if path and Path(path).is_file():
             return str(path)
@@ -83,7 +85,8 @@ def check_finite_losses(terms: Mapping[str, Tensor], step: int, trainer: Any = N
     described = ", ".join(f"the {TERM_ROLES.get(n, 'term')} train/{n}" for n in culprits)
     values = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in terms.items())
     raise DivergenceError(
-        f"training diverged at step {step}: {described} is non-finite (loss terms: {values}). "
+        f"training diverged at step {step}: {described} {'is' if len(culprits) == 1 else 'are'} "
+        f"non-finite (loss terms: {values}). "
         f"No optimizer step was taken with it. {_advice(trainer)}"
     )
 
@@ -106,7 +109,7 @@ def check_finite_state(state: Mapping[str, Any], step: int, trainer: Any = None)
     )
     raise DivergenceError(
         f"training diverged by step {step}: not writing a checkpoint whose tensors are NaN or "
-        f"inf ({shown}); the last loss was finite, so an optimizer step made them so. "
+        f"inf ({shown}); an optimizer step can make them so after a finite loss. "
         f"{_advice(trainer)}"
     )
 
@@ -135,13 +138,15 @@ def check_finite_embeddings(
         return
     bad = nonfinite_names(weights)
     if bad:
-        cause = f"{len(bad)} of its weight tensors are NaN or inf ({', '.join(bad[:_MAX_NAMES])})"
+        cause = (
+            f"{len(bad)} of its weight tensors are NaN or inf ({', '.join(bad[:_MAX_NAMES])}): "
+            "the weights diverged, the data is not at fault"
+        )
     else:
-        cause = "its weights are finite but so large that its activations overflow"
+        cause = "its weights are finite but its activations overflow (weights grown too large)"
     raise DivergenceError(
         f"training diverged by step {step}: the encoder's output is non-finite on "
-        f"{int(rows.sum())} of {rows.numel()} rows of {where}; {cause}. This is not a "
-        f"problem of the data. {_advice(trainer)}"
+        f"{int(rows.sum())} of {rows.numel()} rows of {where}; {cause}. {_advice(trainer)}"
     )
 
 

@@ -271,12 +271,12 @@ class SpecAlignModule(LightningModule):
         loss = self.task_loss.weight * task
         penalty = self.penalty
         if penalty is not None and (penalty.active(step) or not penalty.fitted):
+            # The penalty's fit and solve reject NaN embeddings as bad samples: a diverged
+            # encoder must read as divergence. (Their own check synchronises just the same.)
+            check_finite_embeddings(
+                z_all, self._encoder_state(), step, "the training batch", self._trainer
+            )
             ref_all = gather_uneven(self.reference(batch))
-            if not penalty.fitted:
-                # Bandwidths fitted on NaN embeddings would fail as "not fitted" instead.
-                check_finite_embeddings(
-                    z_all, self._encoder_state(), step, "the training batch", self._trainer
-                )
             penalty.fit(z_all.detach(), ref_all)
             if penalty.active(step):
                 out["spec_diff"] = penalty(z_all, ref_all).to(z.dtype)

@@ -115,13 +115,25 @@ def test_weights_diverging_after_a_finite_loss_keep_the_last_good_checkpoint(
     assert torch.load(last, weights_only=False)["global_step"] == 3
 
 
-def _fit(cfg, extra_callback: Callback) -> None:
+def test_a_resumed_run_names_the_checkpoint_it_resumed_from(compose_train, tmp_path):
+    """A resumed run writes to a new directory; until it has written one, the good checkpoint
+    is the one it started from."""
+    first = tmp_path / "first"
+    run(compose_train(*SHORT, "trainer.max_epochs=1", "~callbacks.cluster_log", output_dir=first))
+    start = first / "checkpoints" / "last.ckpt"
+    cfg = compose_train(*SHORT, "~callbacks.cluster_log", output_dir=tmp_path / "resumed")
+    with pytest.raises(DivergenceError, match="by step 4: the encoder's output") as error:
+        _fit(cfg, _PlantNaN(at_step=4), ckpt_path=str(start))
+    assert f"resume with ckpt_path={start}" in str(error.value)
+
+
+def _fit(cfg, extra_callback: Callback, ckpt_path: str | None = None) -> None:
     """As run() fits, with one more callback."""
     callbacks = [instantiate(node) for node in cfg.callbacks.values() if "_target_" in node]
     trainer = instantiate(
         cfg.trainer, callbacks=[*callbacks, extra_callback], logger=instantiate(cfg.logger.csv)
     )
-    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data), ckpt_path=ckpt_path)
 
 
 def test_validation_reports_a_diverged_encoder_not_bad_data(compose_train):

@@ -207,10 +207,14 @@ def test_a_checkpoint_with_nonfinite_weights_is_not_written(compose_train, tmp_p
     assert not path.exists()
 
 
-def test_a_diverged_encoder_is_reported_before_the_penalty_fits_on_its_output():
-    """The bandwidths used to be fitted on NaN embeddings and fail as "not fixed yet"."""
+@pytest.mark.parametrize("fitted", [False, True], ids=["first_step", "later_step"])
+def test_a_diverged_encoder_is_reported_before_the_penalty_sees_its_output(fitted):
+    """The penalty took NaN embeddings for bad samples ("remove or repair those samples"), or
+    for a fit that never happened ("the bandwidths are not fixed yet")."""
     module = _module()
+    if fitted:
+        module.compute_losses(_batch(), step=0)
     with torch.no_grad():
         module.encoder.model.visual.proj.fill_(float("nan"))
     with pytest.raises(DivergenceError, match="non-finite on 16 of 16 rows of the training batch"):
-        module.compute_losses(_batch(), step=0)
+        module.compute_losses(_batch(), step=1)
