@@ -102,6 +102,10 @@ class SpecAlignModule(LightningModule):
     Bandwidths are fixed by the first data the penalty sees: the first training batch, or the
     validation probe when validation runs first (Lightning's sanity check).
 
+    Divergence stops training: a non-finite loss term (before backward), encoder output
+    (before the penalty or validation metrics see it) or checkpoint tensor (before the file is
+    written) raises `DivergenceError` naming the step, the term and the last good checkpoint.
+
     Logged keys (see `metric_names`): train/loss, train/task_loss, train/spec_diff (steps with
     the penalty active), train/data_wait_s (time waiting for the batch), train/num_skipped
     (corrupt samples skipped so far); val/spec_diff (float64 SPEC-diff of the exact kernels,
