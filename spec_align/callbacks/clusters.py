@@ -247,7 +247,7 @@ class ClusterLogCallback(Callback):
             # analysis never takes a diverged encoder's NaN for bad samples.
             check_finite_embeddings(
                 encoder,
-                [*pl_module.named_parameters(), *pl_module.named_buffers()],
+                pl_module.state_dict().items(),  # not non-persistent buffers (-inf masks)
                 step,
                 "the cluster probe",
                 trainer,

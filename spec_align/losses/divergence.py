@@ -128,7 +128,7 @@ def check_finite_embeddings(
 
     Args:
         embeddings: the encoder's output, (n, D).
-        weights: the encoder's named parameters and buffers.
+        weights: the encoder's state dict items (parameters and persistent buffers).
         step: the optimizer step of the weights that produced the embeddings.
         where: what was embedded ("the validation probe").
         trainer: the trainer, whose checkpoint callback names the last good checkpoint.

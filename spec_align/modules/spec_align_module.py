@@ -445,8 +445,8 @@ class SpecAlignModule(LightningModule):
         check_finite_state(checkpoint, self.global_step, self._trainer)
 
     def _encoder_state(self) -> list[tuple[str, Tensor]]:
-        encoder = self.encoder
-        return [*encoder.named_parameters("encoder"), *encoder.named_buffers("encoder")]
+        # What a checkpoint holds: non-persistent buffers may be -inf by design (attn_mask).
+        return list(self.encoder.state_dict(prefix="encoder.").items())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Supply the rebuilt reference's weights so that strict loading accepts the file."""

@@ -218,3 +218,12 @@ def test_a_diverged_encoder_is_reported_before_the_penalty_sees_its_output(fitte
         module.encoder.model.visual.proj.fill_(float("nan"))
     with pytest.raises(DivergenceError, match="non-finite on 16 of 16 rows of the training batch"):
         module.compute_losses(_batch(), step=1)
+
+
+def test_overflowing_finite_weights_are_not_blamed_on_a_mask():
+    """open_clip's attention mask is -inf by design; it is no diverged weight."""
+    module = _module()
+    with torch.no_grad():
+        module.encoder.model.visual.proj.fill_(3e38)  # finite, but its products overflow
+    with pytest.raises(DivergenceError, match="its weights are finite but its activations"):
+        module.compute_losses(_batch(), step=0)
