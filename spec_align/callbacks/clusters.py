@@ -32,6 +32,7 @@ from spec_align.callbacks.render import (
 )
 from spec_align.callbacks.tracking import ModeTracker
 from spec_align.data.wds import images_to_float
+from spec_align.losses.divergence import check_finite_embeddings
 from spec_align.spec import SpecResult, compare, estimate_sigma
 from spec_align.utils.distributed import gather_chunks, world_size
 
@@ -242,6 +243,15 @@ class ClusterLogCallback(Callback):
             if self._probe is None:
                 self._probe = self._read_probe(trainer, pl_module)
             encoder, reference = self._embed(trainer, pl_module)
+            # On every rank (the embeddings are gathered): all stop together, and the
+            # analysis never takes a diverged encoder's NaN for bad samples.
+            check_finite_embeddings(
+                encoder,
+                pl_module.state_dict().items(),  # not non-persistent buffers (-inf masks)
+                step,
+                "the cluster probe",
+                trainer,
+            )
             if trainer.is_global_zero:
                 self._analyse(trainer, encoder, reference, step)
 

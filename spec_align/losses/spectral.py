@@ -87,9 +87,10 @@ class SpectralPenalty(nn.Module):
         self.every_n_steps = int(every_n_steps)
         self.seed = int(seed)
         self._auto = {"encoder": sigma_encoder == "auto", "ref": sigma_ref == "auto"}
-        # NaN marks a bandwidth still to be fitted; buffers so checkpoints carry them.
+        # 0 marks a bandwidth still to be fitted (a finite marker: checkpoints must hold no
+        # NaN, see losses/divergence.py); buffers so checkpoints carry them.
         for side, sigma in (("encoder", sigma_encoder), ("ref", sigma_ref)):
-            value = math.nan if sigma == "auto" else float(sigma)
+            value = 0.0 if sigma == "auto" else float(sigma)
             self.register_buffer(f"sigma_{side}_value", torch.tensor(value, dtype=torch.float64))
         self.map_encoder: nn.Module | None = None
         self.map_ref: nn.Module | None = None
@@ -105,7 +106,7 @@ class SpectralPenalty(nn.Module):
             return CosineFeatures(dim)
         # Unfitted maps hold unit-bandwidth frequencies of the right shape, so a checkpoint's
         # fitted frequencies load strictly into a freshly built module.
-        value = float(sigma) if math.isfinite(float(sigma)) else 1.0
+        value = float(sigma) if _is_fitted(sigma) else 1.0
         return RandomFourierFeatures(dim, self.rff_dim, value, seed=self.seed).to(sigma.device)
 
     @property
@@ -113,7 +114,7 @@ class SpectralPenalty(nn.Module):
         """Whether both bandwidths are fixed (always true for the cosine kernel)."""
         if self.kernel == "cosine":
             return True
-        return bool(self.sigma_encoder_value.isfinite() and self.sigma_ref_value.isfinite())
+        return _is_fitted(self.sigma_encoder_value) and _is_fitted(self.sigma_ref_value)
 
     def active(self, step: int) -> bool:
         """Whether the penalty enters the loss at optimizer step `step`."""
@@ -139,7 +140,7 @@ class SpectralPenalty(nn.Module):
             ("ref", z_ref, z_ref.shape[1]),
         ):
             buffer = getattr(self, f"sigma_{side}_value")
-            if not buffer.isfinite():
+            if not _is_fitted(buffer):
                 sigma = estimate_sigma(self._prepare(z), scale=self.sigma_scale, seed=self.seed)
                 buffer.fill_(sigma)
             setattr(self, f"map_{side}", self._feature_map(dim, buffer))
@@ -199,10 +200,19 @@ class SpectralPenalty(nn.Module):
         )
 
 
+def _is_fitted(sigma: Tensor) -> bool:
+    # Neither the 0 marker nor a fit on non-finite embeddings (NaN) is a bandwidth.
+    return bool(sigma.isfinite() and sigma > 0)
+
+
 def _sync_map_sigmas(module: SpectralPenalty, incompatible_keys: object) -> None:
-    # Loaded frequencies already include 1/sigma; keep the maps' reported sigma in step.
     for side in ("encoder", "ref"):
+        buffer = getattr(module, f"sigma_{side}_value")
+        # Older checkpoints marked an unfitted bandwidth with NaN; saved again, it must not
+        # read as divergence.
+        if buffer.isnan():
+            buffer.zero_()
+        # Loaded frequencies already include 1/sigma; keep the maps' reported sigma in step.
         feature_map = getattr(module, f"map_{side}")
-        if isinstance(feature_map, RandomFourierFeatures):
-            sigma = float(getattr(module, f"sigma_{side}_value"))
-            feature_map.sigma = sigma if math.isfinite(sigma) else feature_map.sigma
+        if isinstance(feature_map, RandomFourierFeatures) and _is_fitted(buffer):
+            feature_map.sigma = float(buffer)

@@ -18,6 +18,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from spec_align.data.datamodule import DataWaitTimer
 from spec_align.data.wds import images_to_float
 from spec_align.encoders.base import FrozenEncoder, ImageEncoder
+from spec_align.losses.divergence import (
+    check_finite_embeddings,
+    check_finite_losses,
+    check_finite_state,
+)
 from spec_align.losses.spectral import SpectralPenalty
 from spec_align.losses.task import ClassificationLoss, TaskLoss
 from spec_align.utils.distributed import (
@@ -96,6 +101,10 @@ class SpecAlignModule(LightningModule):
     The penalty's bandwidths and random frequencies are buffers and do go into checkpoints.
     Bandwidths are fixed by the first data the penalty sees: the first training batch, or the
     validation probe when validation runs first (Lightning's sanity check).
+
+    Divergence stops training: a non-finite loss term (before backward), encoder output
+    (before the penalty or validation metrics see it) or checkpoint tensor (before the file is
+    written) raises `DivergenceError` naming the step, the term and the last good checkpoint.
 
     Logged keys (see `metric_names`): train/loss, train/task_loss, train/spec_diff (steps with
     the penalty active), train/data_wait_s (time waiting for the batch), train/samples_skipped
@@ -268,6 +277,11 @@ class SpecAlignModule(LightningModule):
         loss = self.task_loss.weight * task
         penalty = self.penalty
         if penalty is not None and (penalty.active(step) or not penalty.fitted):
+            # The penalty's fit and solve reject NaN embeddings as bad samples: a diverged
+            # encoder must read as divergence. (Their own check synchronises just the same.)
+            check_finite_embeddings(
+                z_all, self._encoder_state(), step, "the training batch", self._trainer
+            )
             ref_all = gather_uneven(self.reference(batch))
             penalty.fit(z_all.detach(), ref_all)
             if penalty.active(step):
@@ -287,6 +301,9 @@ class SpecAlignModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.compute_losses(batch, self.global_step)
+        # Before backward: a non-finite loss never reaches the weights. Global-batch values,
+        # so every rank raises here together and none is left waiting in a collective.
+        check_finite_losses(out, self.global_step, self._trainer)
         size = batch["image"].shape[0]
         # Values are global-batch quantities already (identical on every rank): no sync.
         for name, value in out.items():
@@ -364,6 +381,15 @@ class SpecAlignModule(LightningModule):
         if not any_rank(bool(probe["enc"]), self.device):
             return
         enc = self._gather_probe(probe["enc"])
+        # Gathered, so identical on every rank: all raise together. Checked before the
+        # penalty's evaluation, which would take NaN embeddings for bad data.
+        check_finite_embeddings(
+            enc,
+            self._encoder_state(),
+            self.global_step,
+            "the validation probe",
+            self._trainer,
+        )
         # Probe metrics are computed from gathered tensors, identical on every rank: no sync.
         if self.penalty is not None:
             ref = self._gather_probe(probe["ref"])
@@ -411,9 +437,18 @@ class SpecAlignModule(LightningModule):
     # -------------------------------------------------------------------------- checkpoint
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drop the frozen reference: it is rebuilt from the config, not trained."""
+        """Drop the frozen reference (rebuilt from the config); refuse non-finite weights.
+
+        Lightning calls this hook before the file is written, on every rank, also for
+        weights-only checkpoints: raising `DivergenceError` here means no file.
+        """
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(REF_PREFIX)}
+        check_finite_state(checkpoint, self.global_step, self._trainer)
+
+    def _encoder_state(self) -> list[tuple[str, Tensor]]:
+        # What a checkpoint holds: non-persistent buffers may be -inf by design (attn_mask).
+        return list(self.encoder.state_dict(prefix="encoder.").items())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Supply the rebuilt reference's weights so that strict loading accepts the file."""

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Trainer
 
 from spec_align.encoders import TINY_CLIP, ClipEncoder, FrozenEncoder
-from spec_align.losses import ContrastiveLoss, NoTaskLoss, SpectralPenalty
+from spec_align.losses import ContrastiveLoss, DivergenceError, NoTaskLoss, SpectralPenalty
 from spec_align.modules import SpecAlignModule, ViewAdapter
 
 BATCH = 16
@@ -182,3 +182,48 @@ def test_checkpoint_has_no_reference_and_loads_strictly(compose_train, tmp_path)
     assert fresh.penalty.map_encoder.sigma == float(module.penalty.sigma_encoder_value)
     for name, p in fresh.encoder.state_dict().items():
         torch.testing.assert_close(p, module.encoder.state_dict()[name])
+
+
+@pytest.mark.parametrize("weights_only", [False, True], ids=["full", "weights_only"])
+def test_a_checkpoint_with_nonfinite_weights_is_not_written(compose_train, tmp_path, weights_only):
+    """Lightning runs the module's on_save_checkpoint before it writes, weights-only too."""
+    cfg = compose_train()
+    module = instantiate(cfg.model)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=instantiate(cfg.data))
+    with torch.no_grad():
+        module.encoder.model.visual.proj.fill_(float("inf"))
+    path = tmp_path / "model.ckpt"
+    with pytest.raises(DivergenceError, match=r"by step 2: .*\(encoder\.model\.visual\.proj\)"):
+        trainer.save_checkpoint(path, weights_only=weights_only)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("fitted", [False, True], ids=["first_step", "later_step"])
+def test_a_diverged_encoder_is_reported_before_the_penalty_sees_its_output(fitted):
+    """The penalty took NaN embeddings for bad samples ("remove or repair those samples"), or
+    for a fit that never happened ("the bandwidths are not fixed yet")."""
+    module = _module()
+    if fitted:
+        module.compute_losses(_batch(), step=0)
+    with torch.no_grad():
+        module.encoder.model.visual.proj.fill_(float("nan"))
+    with pytest.raises(DivergenceError, match="non-finite on 16 of 16 rows of the training batch"):
+        module.compute_losses(_batch(), step=1)
+
+
+def test_overflowing_finite_weights_are_not_blamed_on_a_mask():
+    """open_clip's attention mask is -inf by design; it is no diverged weight."""
+    module = _module()
+    with torch.no_grad():
+        module.encoder.model.visual.proj.fill_(3e38)  # finite, but its products overflow
+    with pytest.raises(DivergenceError, match="its weights are finite but its activations"):
+        module.compute_losses(_batch(), step=0)

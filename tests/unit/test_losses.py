@@ -1,4 +1,5 @@
-"""Task losses: the contrastive loss is CLIP's symmetric InfoNCE with a clamped temperature."""
+"""Losses: the contrastive loss is CLIP's symmetric InfoNCE with a clamped temperature; the
+divergence checks name what went non-finite; the penalty's state is finite before fitting."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spec_align.losses import ContrastiveLoss
+from spec_align.losses import ContrastiveLoss, SpectralPenalty
+from spec_align.losses.divergence import DivergenceError, check_finite_losses, check_finite_state
 
 
 def _symmetric_infonce(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
@@ -35,3 +37,45 @@ def test_contrastive_loss_is_symmetric_infonce_on_unit_features(log_scale):
 def test_contrastive_loss_needs_text_and_temperature():
     with pytest.raises(ValueError, match="needs text_features and logit_scale"):
         ContrastiveLoss()(torch.randn(2, 3))
+
+
+def test_a_nonfinite_term_is_named_with_the_step():
+    terms = {
+        "task_loss": torch.tensor(1.5),
+        "spec_diff": torch.tensor(float("inf")),
+        "loss": torch.tensor(float("inf")),
+    }
+    with pytest.raises(DivergenceError, match="at step 7: the spectral penalty train/spec_diff"):
+        check_finite_losses(terms, step=7)
+    assert issubclass(DivergenceError, FloatingPointError)
+    check_finite_losses({"task_loss": torch.tensor(1.5), "loss": torch.tensor(1.5)}, step=7)
+
+
+def test_a_state_with_nan_names_its_tensors():
+    state = {
+        "state_dict": {"encoder.w": torch.ones(2), "encoder.b": torch.tensor([0.0, math.nan])}
+    }
+    with pytest.raises(DivergenceError, match=r"by step 3: .*\(encoder\.b\)"):
+        check_finite_state(state, step=3)
+    state["state_dict"]["encoder.b"].zero_()
+    check_finite_state(state, step=3)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "cosine"])
+def test_an_unfitted_penalty_has_a_finite_state(kernel):
+    """The cosine kernel never fits its bandwidths: a NaN marker went into every checkpoint."""
+    penalty = SpectralPenalty(kernel=kernel, rff_dim=8)
+    penalty.bind(4, 3)
+    assert penalty.fitted == (kernel == "cosine")
+    assert all(value.isfinite().all() for value in penalty.state_dict().values())
+
+
+def test_an_older_nan_bandwidth_marker_loads_as_unfitted():
+    penalty = SpectralPenalty(rff_dim=8)
+    penalty.bind(4, 3)
+    state = penalty.state_dict()
+    state["sigma_encoder_value"] = torch.tensor(math.nan, dtype=torch.float64)
+    penalty.load_state_dict(state)
+    assert not penalty.fitted and float(penalty.sigma_encoder_value) == 0.0
+    penalty.fit(torch.randn(10, 4), torch.randn(10, 3))
+    assert penalty.fitted and float(penalty.sigma_encoder_value) > 0
