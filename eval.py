@@ -3,6 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
+from spec_align.losses import DivergenceError
 from spec_align.train import ConfigError, evaluate
 from spec_align.utils import register_resolvers
 
@@ -13,7 +14,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     try:
         metrics = evaluate(cfg)
-    except ConfigError as err:  # the user's to fix: the message, without a traceback
+    except (ConfigError, DivergenceError) as err:  # the message is the fix: no traceback
         raise SystemExit(f"error: {err}") from None
     for name, value in sorted(metrics.items()):
         print(f"{name}: {value:.6f}")

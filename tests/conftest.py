@@ -51,6 +51,12 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="session")
+def user_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DATA_ROOT for commands run as users type them: full-size datasets, built once."""
+    return tmp_path_factory.mktemp("user_data")
+
+
 @pytest.fixture
 def compose_train(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose conf/train.yaml as `python train.py <overrides>` would, with test paths.
@@ -88,10 +94,12 @@ def compose_train(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 @pytest.fixture
-def subprocess_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for `python train.py` subprocesses: offline, quiet, single-threaded BLAS."""
+def subprocess_env(tmp_path: Path, user_data_root: Path) -> dict[str, str]:
+    """Environment for `python train.py` subprocesses: offline, quiet, single-threaded BLAS,
+    data under the session's DATA_ROOT."""
     env = dict(os.environ)
     env.update(
+        DATA_ROOT=str(user_data_root),
         HF_HUB_OFFLINE="1",
         WANDB_MODE="offline",
         WANDB_SILENT="true",
@@ -108,7 +116,6 @@ def train_cli_args(tmp_path: Path, data_root: Path) -> list[str]:
     """The base overrides plus test paths, as command-line arguments of train.py."""
     return [
         *BASE_OVERRIDES,
-        f"paths.root_dir={tmp_path}",
         f"paths.data_dir={data_root}",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]

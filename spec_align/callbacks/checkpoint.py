@@ -40,6 +40,7 @@ class LastCheckpoint(Checkpoint):
             None if every_n_train_steps is None else int(every_n_train_steps)
         )
         self._saved_step: int | None = None
+        self.last_model_path = ""  # as ModelCheckpoint's: the file once written
 
     @property
     def path(self) -> Path:
@@ -80,3 +81,4 @@ class LastCheckpoint(Checkpoint):
         # A collective (every rank calls it; rank zero writes).
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
         self._saved_step = trainer.global_step
+        self.last_model_path = str(self.path)

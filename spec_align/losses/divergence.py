@@ -45,17 +45,16 @@ def nonfinite_names(tensors: Iterable[tuple[str, Tensor]]) -> list[str]:
 
 
 def last_good_checkpoint(trainer: Any) -> str | None:
-    """The newest good checkpoint file: the checkpoint callback's last, else the one the run
-    resumed from (a resumed run writes to a new directory), else the callback's best."""
-    callback = getattr(trainer, "checkpoint_callback", None)
-    for path in (
-        getattr(callback, "last_model_path", None),
-        getattr(trainer, "ckpt_path", None),
-        getattr(callback, "best_model_path", None),
-    ):
-        if path and Path(path).is_file():
-            return str(path)
-    return None
+    """The newest good checkpoint file: of those the checkpoint callbacks wrote (latest and
+    best), and the one the run resumed from (a resumed run writes to a new directory)."""
+    paths = [getattr(trainer, "ckpt_path", None)]
+    for callback in getattr(trainer, "checkpoint_callbacks", []):
+        paths += [
+            getattr(callback, "last_model_path", None),
+            getattr(callback, "best_model_path", None),
+        ]
+    existing = [Path(p) for p in paths if p and Path(p).is_file()]
+    return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else None
 
 
 def _advice(trainer: Any) -> str:

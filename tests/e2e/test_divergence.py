@@ -78,7 +78,8 @@ def test_users_command_stops_at_the_nonfinite_loss(subprocess_env):
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
-    assert "DivergenceError: training diverged at step 1" in output, output[-3000:]
+    assert "error: training diverged at step 1" in output, output[-3000:]
+    assert "Traceback" not in output
     assert "the task term train/task_loss is non-finite" in output
     assert "Last good checkpoint: none" in output
     new = {path: bad for path, bad in _checkpoints(logs).items() if path not in before}

@@ -11,7 +11,6 @@ appending `trainer.max_epochs=1`-style overrides; `<run>` is replaced by a run's
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -62,11 +61,6 @@ def argv_of(command: str) -> list[str]:
     return [sys.executable, "train.py", *argv]  # a cell of train.py overrides
 
 
-@pytest.fixture(scope="session")
-def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("readme_data")
-
-
 @pytest.fixture
 def user_dir(tmp_path: Path) -> Path:
     """A working directory laid out like a clone (entry points link to this checkout)."""
@@ -78,18 +72,10 @@ def user_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def shell(user_dir: Path, shared_data: Path, tmp_path: Path):
+def shell(user_dir: Path, subprocess_env: dict[str, str]):
     """Run a README command (plus appended overrides) in `user_dir`; returns the result."""
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        WANDB_MODE="offline",
-        WANDB_SILENT="true",
-        OMP_NUM_THREADS="1",
-        DATA_ROOT=str(shared_data),
-    )
-    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-        env[name] = str(tmp_path / "wandb_home")
+    # As a user's shell: Python's warnings are shown.
+    env = {k: v for k, v in subprocess_env.items() if k != "PYTHONWARNINGS"}
 
     def _run(
         command: str, *appended: str, ok: bool = True, run: str | None = None
