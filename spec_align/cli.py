@@ -6,17 +6,30 @@
 
 Run under `torchrun --nproc-per-node N` to split the rows over N processes (gloo/nccl); the
 report is written by rank 0.
+
+The report directory is checked before anything is loaded or computed (it must be creatable
+and writable, and empty unless --overwrite); the summary is printed before the files are
+written, and the report is written beside the directory and swapped in whole, so a failure
+never leaves a half-old, half-new report.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+__all__ = [
+    "ReportDirError",
+    "build_parser",
+    "check_report_dir",
+    "main",
+    "replace_report_dir",
+]
 
 _PROG = "spec-compare"
 
@@ -43,7 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--a-key", help="array name inside A's .npz / .pt dict")
     parser.add_argument("--b-key", help="array name inside B's .npz / .pt dict")
     parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="display names")
-    parser.add_argument("--out", "-o", default="spec_report", help="report directory")
+    parser.add_argument(
+        "--out",
+        "-o",
+        default="spec_report",
+        help="report directory; must be empty or new unless --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing report in --out (the whole directory, swapped in at the end)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars on stderr",
+    )
     spec = parser.add_argument_group("SPEC")
     spec.add_argument("--kernel", choices=("gaussian", "cosine"), default="gaussian")
     spec.add_argument("--sigma-a", type=_sigma, default="auto", help="float or auto")
@@ -74,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 with a one-line message on bad input)."""
+    """Run the CLI; returns the exit status (2 with a one-line message on bad input, 1 when
+    the report could not be written after the result was printed)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     # Heavy imports after parsing, so --help is instant.
@@ -82,8 +112,109 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _run(args)
-    except (InputError, ValueError, TypeError) as err:
+    except _WriteFailed as err:
+        parser.exit(1, f"{_PROG}: error: {err}\n")
+    except (InputError, ValueError, TypeError, OSError) as err:
         parser.exit(2, f"{_PROG}: error: {err}\n")
+
+
+class ReportDirError(ValueError):
+    """The report directory cannot be written, or holds files that would be overwritten."""
+
+
+class _WriteFailed(Exception):
+    """Writing the report failed after the result was computed and printed."""
+
+
+def check_report_dir(
+    path: str | os.PathLike, *, overwrite: bool, option: str = "--out", flag: str = "--overwrite"
+) -> Path:
+    """Check, before any work, that a report can be written to `path`; returns it absolute.
+
+    The directory may not exist yet (its parents are created when writing) or be empty.
+    A non-empty one is refused unless `overwrite`, and even then unless it looks like a
+    report (index.html or modes.json in it), so a mistyped `--out .` never replaces a
+    directory of other files. Writability is probed by creating (and removing) a temporary
+    directory in the nearest existing ancestor, which also works where permission bits say
+    nothing (root, read-only mounts).
+
+    Args:
+        path: the report directory.
+        overwrite: whether an existing report may be replaced.
+        option: how errors name the setting (the CLI option or config key).
+        flag: how errors name the way to allow overwriting.
+
+    Raises:
+        ReportDirError: with a message naming `option` and the fix.
+    """
+    out = Path(os.path.abspath(path))
+    if out.is_symlink():
+        out = out.resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise ReportDirError(f"{option} {out} exists and is not a directory")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise ReportDirError(
+                    f"{option} {out} is not empty (a report from an earlier run?); pass {flag} "
+                    "to replace it, or choose a new directory"
+                )
+            if not any((out / name).is_file() for name in ("index.html", "modes.json")):
+                raise ReportDirError(
+                    f"{option} {out} is not empty and holds no SPEC report (no index.html or "
+                    f"modes.json), so it is not replaced even with {flag}; choose a new "
+                    "directory"
+                )
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ReportDirError(f"{option} {out} cannot be created: {ancestor} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.check-", dir=ancestor))
+    except OSError as err:
+        raise ReportDirError(
+            f"{option} {out} cannot be written ({err.strerror or err} in {ancestor}); choose "
+            "a writable directory"
+        ) from err
+    return out
+
+
+def replace_report_dir(out: str | os.PathLike, write: Callable[[Path], Path]) -> Path:
+    """Run `write(staging_dir)` in a new directory beside `out`, then swap it in for `out`.
+
+    A failure while writing removes the staging directory and leaves `out` as it was; the
+    swap itself is two renames on the same file system (the old directory is restored if
+    the second fails), and the old report is deleted only after the new one is in place.
+
+    Returns:
+        The path `write` returned, moved into `out` (e.g. out/index.html).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would stick to the report
+    try:
+        written = Path(write(staging))
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            os.rename(out, old)
+        try:
+            os.rename(staging, out)
+        except BaseException:
+            if old is not None:
+                os.rename(old, out)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out / written.relative_to(staging)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -97,6 +228,22 @@ def _run(args: argparse.Namespace) -> int:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         dist.init_process_group("gloo")  # torchrun; gloo works for the CPU tensors read here
     try:
+        writer = not is_distributed() or dist.get_rank() == 0
+        # Before loading or computing: a report that cannot be written fails now, not after.
+        problem = None
+        if writer:
+            try:
+                out = check_report_dir(args.out, overwrite=args.overwrite)
+            except ReportDirError as err:
+                problem = str(err)
+        if is_distributed():
+            shared = [problem]
+            dist.broadcast_object_list(shared, src=0)  # every rank stops alike
+            problem = shared[0]
+        if problem is not None:
+            raise ReportDirError(problem)
+        if args.samples_per_mode < 1:
+            raise ValueError(f"--samples-per-mode must be >= 1, got {args.samples_per_mode}")
         a = load_embedding(args.a, args.a_key)
         b = load_embedding(args.b, args.b_key)
         names = tuple(args.names or _default_names(args))
@@ -132,23 +279,34 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
             names=names,
+            progress=args.progress,
         )
-        if is_distributed() and dist.get_rank() != 0:
+        if not writer:
             return 0
+        print(result, flush=True)  # the result is out even if writing the report fails
         provenance = {"a": os.path.abspath(args.a), "b": os.path.abspath(args.b)}
-        index = write_report(
-            result,
-            args.out,
-            samples_per_mode=args.samples_per_mode,
-            class_names=class_names,
-            title=args.title,
-            provenance=provenance,
-            **sidecars,
-        )
-        print(result)
+        try:
+            check_report_dir(out, overwrite=args.overwrite)  # nothing appeared meanwhile
+            index = replace_report_dir(
+                out,
+                lambda staging: write_report(
+                    result,
+                    staging,
+                    samples_per_mode=args.samples_per_mode,
+                    class_names=class_names,
+                    title=args.title,
+                    provenance=provenance,
+                    **sidecars,
+                ),
+            )
+        except (OSError, ReportDirError) as err:
+            raise _WriteFailed(
+                f"the report could not be written to {out} ({err}); the result above is "
+                f"complete, and {out} was left as it was"
+            ) from err
         print(f"report: {index}")
         if args.wandb:
-            log_report_to_wandb(args.out, project=args.wandb_project)
+            log_report_to_wandb(out, project=args.wandb_project)
         return 0
     finally:
         if dist.is_initialized():

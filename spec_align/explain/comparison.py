@@ -42,6 +42,7 @@ def compare_embeddings(
     seed: int = 0,
     batch_size: int = 8192,
     names: tuple[str, str] = ("a", "b"),
+    progress: bool = False,
 ) -> SpecResult:
     """SPEC of a vs b, streamed batch by batch from (memory-mapped) arrays.
 
@@ -62,13 +63,20 @@ def compare_embeddings(
         seed: random-feature seed.
         batch_size: rows per batch.
         names: display names (and error names) of a and b.
+        progress: tqdm bars on stderr for the passes over the rows (rank 0 only).
 
     Returns:
         A `SpecResult` whose positive modes are "a - b" and negative ones "b - a".
     """
     rff_dim = resolve_rff_dim(rff_dim, kernel, a.shape[0])
     settings = dict(
-        kernel=kernel, eta=eta, rff_dim=rff_dim, top_k=top_k, seed=seed, names=tuple(names)
+        kernel=kernel,
+        eta=eta,
+        rff_dim=rff_dim,
+        top_k=top_k,
+        seed=seed,
+        names=tuple(names),
+        progress=progress,
     )
     if is_distributed():
         # Check the pairing on the whole arrays before splitting, so every rank fails alike.

@@ -156,6 +156,7 @@ def extract_features(
     device: str | torch.device | None = None,
     progress: bool = True,
     total: int | None = None,
+    num_samples: int | None = None,
 ) -> FeatureCache:
     """Embed every batch with both encoders and append the features to `cache_dir`.
 
@@ -173,8 +174,11 @@ def extract_features(
             None feeds the same images to both.
         fingerprint: JSON-ready description of encoders and data, stored for cache lookups.
         device: where the encoders run (default: CUDA if available, else CPU).
-        progress: show a tqdm progress bar.
-        total: number of batches, for the progress bar.
+        progress: show a tqdm progress bar (stderr).
+        total: number of batches, for the progress bar (default: `len(batches)` if it has
+            one).
+        num_samples: number of samples, if known: the bar then counts samples (with an
+            ETA) instead of batches.
 
     Returns:
         The written `FeatureCache`.
@@ -190,8 +194,14 @@ def extract_features(
     with (
         open(partial / "keys.jsonl", "w", encoding="utf-8") as keys,
         open(partial / "texts.jsonl", "w", encoding="utf-8") as texts,
+        tqdm(
+            total=num_samples if num_samples is not None else total or _length(batches),
+            unit="sample" if num_samples is not None else "batch",
+            disable=not progress,
+            desc="features",
+        ) as bar,
     ):
-        for batch in tqdm(batches, total=total, disable=not progress, desc="features"):
+        for batch in batches:
             images_a, images_b = (split or (lambda t: (t, t)))(batch["image"])
             features = {
                 "a": encoder_a(images_a.to(device, non_blocking=True)),
@@ -214,6 +224,7 @@ def extract_features(
             for key, text in zip(batch_keys, batch.get("text") or [""] * count, strict=True):
                 keys.write(json.dumps(key) + "\n")
                 texts.write(json.dumps(text) + "\n")
+            bar.update(count if num_samples is not None else 1)
     for writer in writers.values():
         writer.close()
     if "a" not in writers:
@@ -229,3 +240,11 @@ def extract_features(
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return FeatureCache(final)
+
+
+def _length(batches: Iterable) -> int | None:
+    """len(batches) where defined (a DataLoader over a sized dataset), else None."""
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None

@@ -139,7 +139,8 @@ def embedding_batches(
         names: how errors name the two inputs (file names).
 
     Returns:
-        A function returning a fresh iterator of (a_batch, b_batch) each call.
+        A function returning a fresh iterator of (a_batch, b_batch) each call; its
+        `num_samples` attribute is n.
 
     Raises:
         InputError: the row counts differ.
@@ -172,6 +173,7 @@ def embedding_batches(
                 pair.append(chunk)
             yield pair[0], pair[1]
 
+    batches.num_samples = int(a.shape[0])  # the total of `compare(progress=True)`'s bars
     return batches
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from spec_align.cli import check_report_dir, replace_report_dir
 from spec_align.explain.comparison import compare_embeddings
 from spec_align.explain.extract import FeatureCache, PairTransform, extract_features
 from spec_align.explain.report import log_report_to_wandb, write_report
@@ -23,6 +25,11 @@ log = logging.getLogger(__name__)
 def run_compare(cfg: DictConfig) -> Path:
     """Extract (or reuse cached) features of `cfg.encoder` and `cfg.ref`, compare, report.
 
+    The report directory `cfg.report.out_dir` is checked first: it must be writable, and
+    new or empty unless `report.overwrite` is true (an existing report is then replaced
+    whole, swapped in after the new one is written). Progress bars (feature extraction and
+    the SPEC passes) go to stderr unless `progress=false`.
+
     Returns:
         Path of the report's index.html.
     """
@@ -34,6 +41,15 @@ def run_compare(cfg: DictConfig) -> Path:
             "compare needs two encoders, but this ref option has no `encoder` node "
             "(ref=none or a precomputed cache); pick e.g. ref=dinov2 or ref=tiny"
         )
+    # Before any encoder runs: an unwritable or occupied report directory fails now.
+    overwrite = bool(cfg.report.get("overwrite", False))
+    out_dir = check_report_dir(
+        cfg.report.out_dir,
+        overwrite=overwrite,
+        option="report.out_dir",
+        flag="++report.overwrite=true",
+    )
+    progress = bool(cfg.get("progress", True))
     encoder_a, encoder_b = instantiate(cfg.encoder), instantiate(cfg.ref.encoder)
     names = tuple(cfg.names) if cfg.get("names") else ("encoder", "ref")
     datamodule = instantiate(cfg.data)
@@ -62,9 +78,18 @@ def run_compare(cfg: DictConfig) -> Path:
         )
         loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.num_workers)
         cache = extract_features(
-            loader, encoder_a, encoder_b, cache_dir, split=pair.split, fingerprint=fingerprint
+            loader,
+            encoder_a,
+            encoder_b,
+            cache_dir,
+            split=pair.split,
+            fingerprint=fingerprint,
+            progress=progress,
+            num_samples=_expected_samples(urls, cfg.max_samples, cfg.num_workers),
         )
-    result = compare_embeddings(cache.a, cache.b, names=names, **cfg.spec)
+    spec = {"progress": progress, **cfg.spec}
+    result = compare_embeddings(cache.a, cache.b, names=names, **spec)
+    log.info("%s", result)  # before writing: the result is out even if the report fails
     keys, labels = cache.keys(), cache.labels.tolist()
     wanted = {
         keys[int(i)]
@@ -73,26 +98,54 @@ def run_compare(cfg: DictConfig) -> Path:
         for i in result.top_samples(j, cfg.report.samples_per_mode, largest=largest)
     }
     thumbnails = _shard_images(urls, wanted)
-    index = write_report(
-        result,
-        cfg.report.out_dir,
-        samples_per_mode=cfg.report.samples_per_mode,
-        keys=keys,
-        labels=labels,
-        class_names=(datamodule.dataset_info or {}).get("classes"),
-        texts=cache.texts(),
-        load_image=lambda i: thumbnails.get(keys[i]),
-        provenance={
-            names[0]: _describe(cfg.encoder),
-            names[1]: _describe(cfg.ref.encoder),
-            "split": cfg.split,
-            "features": str(cache_dir),
-        },
+    check_report_dir(  # nothing appeared there meanwhile
+        out_dir, overwrite=overwrite, option="report.out_dir", flag="++report.overwrite=true"
+    )
+    index = replace_report_dir(
+        out_dir,
+        lambda staging: write_report(
+            result,
+            staging,
+            samples_per_mode=cfg.report.samples_per_mode,
+            keys=keys,
+            labels=labels,
+            class_names=(datamodule.dataset_info or {}).get("classes"),
+            texts=cache.texts(),
+            load_image=lambda i: thumbnails.get(keys[i]),
+            provenance={
+                names[0]: _describe(cfg.encoder),
+                names[1]: _describe(cfg.ref.encoder),
+                "split": cfg.split,
+                "features": str(cache_dir),
+            },
+        ),
     )
     if cfg.report.wandb:
-        log_report_to_wandb(cfg.report.out_dir, project=cfg.report.wandb_project)
-    log.info("%s\nreport: %s", result, index)
+        log_report_to_wandb(out_dir, project=cfg.report.wandb_project)
+    log.info("report: %s", index)
     return index
+
+
+def _expected_samples(urls: list[str], max_samples: int | None, num_workers: int) -> int | None:
+    """Samples the eval pipeline will read, from the shards' sizes.json (None if unknown).
+
+    Mirrors `build_eval_pipeline` on one rank: reader w of W takes shards w, w + W, ... and,
+    with max_samples, stops after ceil(max_samples / W) of them.
+    """
+    from spec_align.data.shards import read_sizes
+
+    readers = max(int(num_workers), 1)
+    share = None if max_samples is None else math.ceil(max_samples / readers)
+    total = 0
+    for reader in range(readers):
+        mine = urls[reader::readers]
+        if not mine:
+            continue
+        size = read_sizes(mine)
+        if size is None:
+            return None
+        total += size if share is None else min(size, share)
+    return total
 
 
 def _describe(node: DictConfig) -> str:

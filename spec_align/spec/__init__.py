@@ -1,6 +1,12 @@
 """The SPEC core: pure torch, no Lightning or Hydra."""
 
-from spec_align.spec.compare import SpecResult, build_feature_maps, compare, difference_kernel
+from spec_align.spec.compare import (
+    SourceChangedError,
+    SpecResult,
+    build_feature_maps,
+    compare,
+    difference_kernel,
+)
 from spec_align.spec.diff import spec_diff, spec_diff_features
 from spec_align.spec.features import (
     CosineFeatures,
@@ -15,6 +21,7 @@ __all__ = [
     "CosineFeatures",
     "JointCovariance",
     "RandomFourierFeatures",
+    "SourceChangedError",
     "SpecResult",
     "build_feature_maps",
     "compare",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from spec_align.spec.distributed import all_reduce_covariance, gather_rows, is_distributed
@@ -25,15 +28,31 @@ from spec_align.spec.linalg import (
     symmetric_eigh,
     zero_tolerance,
 )
+from spec_align.spec.stream import (
+    FIX,
+    Fingerprints,
+    SourceChangedError,
+    Verifier,
+    progress_bar,
+    progress_note,
+)
 from spec_align.spec.validation import (
     as_tensor,
     check_eta,
     check_kernel,
     check_pair,
+    check_positive_int,
     check_sigma,
+    check_sigma_scale,
 )
 
-__all__ = ["SpecResult", "build_feature_maps", "compare", "difference_kernel"]
+__all__ = [
+    "SourceChangedError",
+    "SpecResult",
+    "build_feature_maps",
+    "compare",
+    "difference_kernel",
+]
 
 Sigma = float | str
 PairSource = Iterable[tuple[object, object]] | Callable[[], Iterable[tuple[object, object]]]
@@ -203,13 +222,14 @@ def difference_kernel(
     """
     x, y = as_tensor(x, "x").to(torch.float64), as_tensor(y, "y").to(torch.float64)
     check_pair(x, y)
-    check_eta(eta)
+    eta = check_eta(eta)
     check_kernel(kernel)
     if kernel == "cosine":
         return (cosine_kernel(x) - eta * cosine_kernel(y)) / x.shape[0]
-    check_sigma(sigma_x, "sigma_x")
-    check_sigma(sigma_y, "sigma_y")
-    return (gaussian_kernel(x, sigma_x) - eta * gaussian_kernel(y, sigma_y)) / x.shape[0]
+    sigma_x = check_sigma(sigma_x, "sigma_x")
+    sigma_y = check_sigma(sigma_y, "sigma_y")
+    k_x = gaussian_kernel(x, sigma_x, name="sigma_x")
+    return (k_x - eta * gaussian_kernel(y, sigma_y, name="sigma_y")) / x.shape[0]
 
 
 def build_feature_maps(
@@ -250,6 +270,7 @@ def compare(
     batch_size: int = 4096,
     names: tuple[str, str] = ("x", "y"),
     distributed: bool = False,
+    progress: bool = False,
 ) -> SpecResult:
     """Differential clusters of two embeddings of the same samples (SPEC).
 
@@ -262,7 +283,10 @@ def compare(
     Args:
         x: embedding 1 as (n, d_x) numpy array or tensor; or, with `y` omitted, a source of
             (x_batch, y_batch) pairs: a re-iterable (list, DataLoader) or a function returning
-            a fresh iterator. It is read twice (covariance, then scores).
+            a fresh iterator. It is read twice (covariance, then scores) and must give the
+            same rows in the same order both times: a per-batch fingerprint of the rows is
+            compared between the passes, and a source that changed (e.g. a DataLoader with
+            shuffle=True) raises instead of returning scores of the wrong samples.
         y: embedding 2, (n, d_y); row i of x and y is the same sample.
         kernel: "gaussian" or "cosine".
         sigma_x: Gaussian bandwidth of x, or "auto" (see `estimate_sigma`; a stream uses its
@@ -280,45 +304,106 @@ def compare(
             rows (rank 0 the first); the covariance is all-reduced and the scores gathered, so
             every rank gets the result of one process reading all rows in rank order. Call it
             on every rank. Needs explicit features (cosine, or rff_dim for the Gaussian).
+        progress: show tqdm progress bars (on stderr, rank 0 only) for the passes over the
+            data, and a note before the eigen-solve. Totals: the row count of in-memory
+            arrays, of a source with a `num_samples` attribute, and of the second pass;
+            else the `len()` of the source in batches.
 
     Returns:
         A `SpecResult`.
     """
-    check_kernel(kernel, rff_dim)
-    check_eta(eta)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-    for name, sigma in (("sigma_x", sigma_x), ("sigma_y", sigma_y)):
-        if sigma != "auto":
-            check_sigma(sigma, name)
+    rff_dim = check_kernel(kernel, rff_dim)
+    eta = check_eta(eta)
+    top_k = check_positive_int(top_k, "top_k")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    seed = int(seed)
+    sigma_x = _check_sigma_or_auto(sigma_x, "sigma_x")
+    sigma_y = _check_sigma_or_auto(sigma_y, "sigma_y")
 
-    batches = _pair_batches(x, y, batch_size)
-    settings = dict(kernel=kernel, eta=float(eta), rff_dim=rff_dim, seed=seed, names=names)
+    batches, rows_hint, batches_hint = _pair_batches(x, y, batch_size)
+    settings = dict(kernel=kernel, eta=eta, rff_dim=rff_dim, seed=seed, names=names)
     if distributed and not is_distributed():
         raise ValueError(
             "distributed=True needs an initialised torch.distributed process group with more "
             "than one process (e.g. under torchrun)"
         )
+    show = bool(progress) and (not distributed or dist.get_rank() == 0)
+    in_memory = y is not None
+    totals = (rows_hint, batches_hint)
     if kernel == "gaussian" and rff_dim is None:
         if distributed:
             raise ValueError(
                 "the exact n x n Gaussian kernel cannot be split over processes; pass rff_dim "
                 "(random Fourier features) or use kernel='cosine'"
             )
-        full_x, full_y = (torch.cat(parts) for parts in zip(*batches(), strict=True))
-        return _compare_exact(full_x, full_y, sigma_x, sigma_y, top_k, settings)
-    return _compare_features(batches, sigma_x, sigma_y, top_k, settings, distributed)
+        parts = []
+        with _bar(show and not in_memory, "SPEC: reading", totals) as (bar, per_batch):
+            for pair in batches():
+                parts.append(pair)
+                bar.update(1 if per_batch else pair[0].shape[0])
+        full_x, full_y = (torch.cat(side) for side in zip(*parts, strict=True))
+        return _compare_exact(full_x, full_y, sigma_x, sigma_y, top_k, settings, show)
+    return _compare_features(batches, sigma_x, sigma_y, top_k, settings, distributed, show, totals)
+
+
+def _check_sigma_or_auto(sigma: object, name: str) -> Sigma:
+    if isinstance(sigma, str) and sigma == "auto":
+        return sigma
+    return check_sigma(sigma, name)
+
+
+@contextmanager
+def _bar(show: bool, desc: str, totals: tuple[int | None, int | None]):
+    """A progress bar counting rows when their total is known (or nothing is), else batches."""
+    rows, count = totals
+    per_batch = rows is None and count is not None
+    with progress_bar(
+        show, desc, count if per_batch else rows, "batch" if per_batch else "row"
+    ) as bar:
+        yield bar, per_batch
+
+
+def _auto_sigma(z: Tensor, seed: int, name: str) -> float:
+    """estimate_sigma with an error that says the bandwidth was automatic."""
+    try:
+        return estimate_sigma(z, seed=seed)
+    except ValueError as err:
+        raise ValueError(f"{name}='auto': {err}") from err
+
+
+def _check_finite_matrix(matrix: Tensor, what: str, settings: dict, sigmas: tuple) -> None:
+    """The safety net before an eigen-solve: NaN/inf here would come back as silent NaN."""
+    if bool(torch.isfinite(matrix).all()):
+        return
+    detail = ""
+    if settings["kernel"] == "gaussian":
+        detail = f" with sigma_x={sigmas[0]:.3g} and sigma_y={sigmas[1]:.3g}"
+    raise ValueError(
+        f"the {what} contains NaN or inf: the embeddings' values{detail} overflow float64; "
+        "rescale the embeddings (e.g. divide each by its largest absolute entry) and, for the "
+        "Gaussian kernel, pass sigma on the scale of their pairwise distances or 'auto'"
+    )
 
 
 def _compare_exact(
-    x: Tensor, y: Tensor, sigma_x: Sigma, sigma_y: Sigma, top_k: int, settings: dict
+    x: Tensor,
+    y: Tensor,
+    sigma_x: Sigma,
+    sigma_y: Sigma,
+    top_k: int,
+    settings: dict,
+    show: bool = False,
 ) -> SpecResult:
     n = x.shape[0]
     if top_k > n:
         raise ValueError(f"top_k={top_k} exceeds the {n} eigenvalues of an n={n} kernel")
-    sigma_x = estimate_sigma(x, seed=settings["seed"]) if sigma_x == "auto" else float(sigma_x)
-    sigma_y = estimate_sigma(y, seed=settings["seed"]) if sigma_y == "auto" else float(sigma_y)
+    seed = settings["seed"]
+    sigma_x = _auto_sigma(x, seed, "sigma_x") if sigma_x == "auto" else float(sigma_x)
+    sigma_y = _auto_sigma(y, seed, "sigma_y") if sigma_y == "auto" else float(sigma_y)
     delta = difference_kernel(x, y, sigma_x=sigma_x, sigma_y=sigma_y, eta=settings["eta"])
+    _check_finite_matrix(delta, "difference kernel", settings, (sigma_x, sigma_y))
+    progress_note(show, f"SPEC: eigen-solve of the {n} x {n} difference kernel")
     values, vectors = symmetric_eigh(delta, top_k)
     complete = values.shape[0] == n
     columns, num_positive = _mode_columns(values, top_k, zero_tolerance(n, 1 + settings["eta"]))
@@ -345,6 +430,8 @@ def _compare_features(
     top_k: int,
     settings: dict,
     distributed: bool,
+    show: bool = False,
+    totals: tuple[int | None, int | None] = (None, None),
 ) -> SpecResult:
     kernel, eta = settings["kernel"], settings["eta"]
     stream = batches()
@@ -356,14 +443,17 @@ def _compare_features(
         head_x = gather_rows(head_x.to(torch.float64))[:SIGMA_SAMPLES]
         head_y = gather_rows(head_y.to(torch.float64))[:SIGMA_SAMPLES]
     if kernel == "gaussian":
-        sigma_x = estimate_sigma(head_x, seed=settings["seed"]) if sigma_x == "auto" else sigma_x
-        sigma_y = estimate_sigma(head_y, seed=settings["seed"]) if sigma_y == "auto" else sigma_y
+        seed = settings["seed"]
+        sigma_x = _auto_sigma(head_x, seed, "sigma_x") if sigma_x == "auto" else sigma_x
+        sigma_y = _auto_sigma(head_y, seed, "sigma_y") if sigma_y == "auto" else sigma_y
         sigma_x, sigma_y = float(sigma_x), float(sigma_y)
+        check_sigma_scale(head_x, sigma_x, "sigma_x")
+        check_sigma_scale(head_y, sigma_y, "sigma_y")
     else:
         sigma_x = sigma_y = None
+    widths = (head_x.shape[1], head_y.shape[1])
     map_x, map_y = build_feature_maps(
-        head_x.shape[1],
-        head_y.shape[1],
+        *widths,
         kernel=kernel,
         sigma_x=sigma_x,
         sigma_y=sigma_y,
@@ -380,17 +470,34 @@ def _compare_features(
     buffered, accumulator = [], None
     if distributed:
         accumulator = JointCovariance(map_x.out_dim, map_y.out_dim, eta, device=device)
-    for bx, by in stream:
-        joint = _joint_features(map_x, map_y, bx.to(device), by.to(device), eta)
-        if accumulator is None and sum(len(b) for b in buffered) + len(joint) <= m:
-            buffered.append(joint)
-            continue
-        if accumulator is None:
-            accumulator = JointCovariance(map_x.out_dim, map_y.out_dim, eta, device=device)
-            for b in buffered:
-                accumulator.update_joint(b)
-            buffered = []
-        accumulator.update_joint(joint)
+    fingerprints = Fingerprints()  # compared on the second pass, see spec_align.spec.stream
+    try:
+        with _bar(show, "SPEC pass 1/2 (covariance)", totals) as (bar, per_batch):
+            for bx, by in stream:
+                bx, by = _float64_batch(bx, by, device, widths, fingerprints.batches, "")
+                fingerprints.add(bx, by)
+                joint = _joint_features(map_x, map_y, bx, by, eta)
+                if accumulator is None and sum(len(b) for b in buffered) + len(joint) <= m:
+                    buffered.append(joint)
+                else:
+                    if accumulator is None:
+                        accumulator = JointCovariance(
+                            map_x.out_dim, map_y.out_dim, eta, device=device
+                        )
+                        for b in buffered:
+                            accumulator.update_joint(b)
+                        buffered = []
+                    accumulator.update_joint(joint)
+                bar.update(1 if per_batch else bx.shape[0])
+        failure = None
+    except Exception as err:
+        if not distributed:
+            raise
+        failure = err
+    if distributed and _any_rank_failed(failure is not None, device):
+        if failure is not None:
+            raise failure
+        raise ValueError("SPEC's first pass failed on another rank (see its error)")
     if distributed:
         accumulator = all_reduce_covariance(accumulator)
     n = accumulator.num_samples if accumulator is not None else sum(len(b) for b in buffered)
@@ -400,8 +507,11 @@ def _compare_features(
             f"(n={n} samples, {m} features); lower top_k"
         )
     tolerance = zero_tolerance(min(n, m), 1 + eta)
+    sigmas = (sigma_x, sigma_y)
     if accumulator is None:
         psi = torch.cat(buffered) / math.sqrt(n)
+        _check_finite_matrix(psi, "feature matrix", settings, sigmas)
+        progress_note(show, f"SPEC: eigen-solve of the {n} x {n} difference kernel")
         signed_psi = torch.cat([psi[:, : map_x.out_dim], -psi[:, map_x.out_dim :]], dim=1)
         values, vectors = symmetric_eigh(signed_psi @ psi.T, top_k)
         complete = values.shape[0] == n
@@ -410,12 +520,25 @@ def _compare_features(
         # Psi v = u for v = J Psi^T u / lambda: the feature-space form that scores new samples.
         mode_vectors = signed_psi.T @ scores / values[columns]
     else:
-        values, vectors, complete = feature_space_eigh(
-            accumulator.covariance(), map_x.out_dim, 1 + eta, top_k
-        )
+        covariance = accumulator.covariance()
+        _check_finite_matrix(covariance, "feature covariance", settings, sigmas)
+        progress_note(show, f"SPEC: eigen-solve of the {m} x {m} feature covariance")
+        values, vectors, complete = feature_space_eigh(covariance, map_x.out_dim, 1 + eta, top_k)
         columns, num_positive = _mode_columns(values, top_k, tolerance)
         mode_vectors = vectors[:, columns]
-        scores = _stream_scores(batches, map_x, map_y, mode_vectors, n, eta, device, distributed)
+        scores = _stream_scores(
+            batches,
+            map_x,
+            map_y,
+            mode_vectors,
+            n,
+            eta,
+            device,
+            distributed,
+            fingerprints=fingerprints,
+            widths=widths,
+            show=show,
+        )
     signs = orient_columns(scores)
     if complete:  # the rest of the min(n, m) eigenvalues are exact zeros
         padding = values.new_zeros(min(n, m) - values.shape[0])
@@ -439,6 +562,27 @@ def _compare_features(
     )
 
 
+def _any_rank_failed(failed: bool, device: torch.device) -> bool:
+    """Whether any rank failed: one all-reduce, so that every rank raises and none hangs."""
+    flag = torch.tensor([int(failed)], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(int(flag))
+
+
+def _float64_batch(
+    bx: Tensor, by: Tensor, device: torch.device, widths: tuple[int, int], index: int, when: str
+) -> tuple[Tensor, Tensor]:
+    """A batch on `device` in float64, after checking it has the first batch's widths."""
+    for side, batch, width in (("x", bx, widths[0]), ("y", by, widths[1])):
+        if batch.shape[1] != width:
+            raise ValueError(
+                f"batch {index}{when} of the source has {side} of width {batch.shape[1]}, but "
+                f"the first batch's {side} has width {width}: every batch must have the same "
+                "columns (d_x for x, d_y for y)"
+            )
+    return bx.to(device=device, dtype=torch.float64), by.to(device=device, dtype=torch.float64)
+
+
 def _stream_scores(
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]],
     map_x: nn.Module,
@@ -448,21 +592,50 @@ def _stream_scores(
     eta: float,
     device: torch.device,
     distributed: bool,
+    *,
+    fingerprints: Fingerprints,
+    widths: tuple[int, int],
+    show: bool = False,
 ) -> Tensor:
-    """Second pass: sample scores from re-streaming the data through the same maps."""
-    parts = [
-        _joint_features(map_x, map_y, bx.to(device), by.to(device), eta) @ mode_vectors
-        for bx, by in batches()
-    ]
+    """Second pass: sample scores from re-streaming the data through the same maps.
+
+    Every batch is fingerprinted and compared with the first pass's (see
+    `spec_align.spec.stream`): a source that changed raises `SourceChangedError`, on every
+    rank alike when distributed.
+    """
+    verifier = Verifier(fingerprints)
+    parts = []
+    try:
+        with progress_bar(show, "SPEC pass 2/2 (scores)", fingerprints.rows) as bar:
+            for bx, by in batches():
+                bx, by = _float64_batch(
+                    bx, by, device, widths, verifier.second.batches, " (second pass)"
+                )
+                if not verifier.add(bx, by):
+                    break  # changed: no need to read on
+                if verifier.second.rows > fingerprints.rows:
+                    continue  # more rows than the first pass: only count them
+                parts.append(_joint_features(map_x, map_y, bx, by, eta) @ mode_vectors)
+                bar.update(bx.shape[0])
+        failure = None
+    except Exception as err:
+        if not distributed:
+            raise
+        failure = err  # raised after the other ranks have heard of it
+    where = f" on rank {dist.get_rank()}" if distributed else ""
+    error = verifier.error(where) if failure is None else None
+    if distributed and _any_rank_failed(failure is not None or error is not None, device):
+        if failure is not None:
+            raise failure
+        if error is None:
+            error = (
+                f"the batch source changed between passes on another rank (see its error). {FIX}"
+            )
+    if error is not None:
+        raise SourceChangedError(error)
     scores = torch.cat(parts) / math.sqrt(n)
     if distributed:
         scores = gather_rows(scores)
-    seen = scores.shape[0]
-    if seen != n:
-        raise ValueError(
-            f"the batch source gave {n} samples on the first pass and {seen} on the second; "
-            "it must yield the same samples in the same order each time it is iterated"
-        )
     return scores
 
 
@@ -485,16 +658,22 @@ def _operator_norm(values: Tensor) -> float:
 
 def _pair_batches(
     x: object, y: object | None, batch_size: int
-) -> Callable[[], Iterator[tuple[Tensor, Tensor]]]:
-    """A function returning a fresh, validated iterator of (x_batch, y_batch) each call."""
+) -> tuple[Callable[[], Iterator[tuple[Tensor, Tensor]]], int | None, int | None]:
+    """A function returning a fresh, validated iterator of (x_batch, y_batch) each call.
+
+    Also returns the number of rows and of batches per pass where known (progress totals).
+    """
     if y is not None:
         x, y = as_tensor(x, "x"), as_tensor(y, "y")
         check_pair(x, y)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-        return lambda: (
-            (x[i : i + batch_size], y[i : i + batch_size])
-            for i in range(0, x.shape[0], batch_size)
+        batch_size = check_positive_int(batch_size, "batch_size")
+        n = x.shape[0]
+        return (
+            lambda: (
+                (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)
+            ),
+            n,
+            -(-n // batch_size),
         )
     if callable(x):
         factory = x
@@ -509,16 +688,32 @@ def _pair_batches(
         raise TypeError(
             "compare() needs x and y arrays, or one source of (x_batch, y_batch) pairs"
         )
-    return lambda: _validated(factory())
+    rows = getattr(x, "num_samples", None)
+    rows = int(rows) if isinstance(rows, numbers.Integral) and not isinstance(rows, bool) else None
+    try:
+        count = len(x)  # a list or a DataLoader over a sized dataset
+    except TypeError:
+        count = None
+    return (lambda: _validated(factory())), rows, count
 
 
 def _validated(pairs: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
     empty = True
+    widths = None
     for i, pair in enumerate(pairs):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"batch {i} of the source is not an (x_batch, y_batch) pair")
         bx, by = as_tensor(pair[0], f"x batch {i}"), as_tensor(pair[1], f"y batch {i}")
         check_pair(bx, by)
+        if widths is None:
+            widths = (bx.shape[1], by.shape[1])
+        for side, batch, width in (("x", bx, widths[0]), ("y", by, widths[1])):
+            if batch.shape[1] != width:
+                raise ValueError(
+                    f"batch {i} of the source has {side} of width {batch.shape[1]}, but batch 0 "
+                    f"has width {width}: every batch must have the same columns (d_x for x, "
+                    "d_y for y)"
+                )
         empty = False
         yield bx, by
     if empty:

@@ -16,6 +16,7 @@ from spec_align.spec.validation import (
     check_kernel,
     check_pair,
     check_sigma,
+    check_sigma_scale,
 )
 
 __all__ = ["spec_diff", "spec_diff_features"]
@@ -42,17 +43,22 @@ def spec_diff(
     """
     x, y = as_tensor(x, "x"), as_tensor(y, "y")
     check_pair(x, y)
-    check_eta(eta)
-    check_kernel(kernel, rff_dim)
+    eta = check_eta(eta)
+    rff_dim = check_kernel(kernel, rff_dim)
     if kernel == "gaussian":
-        sigma_x = estimate_sigma(x, seed=seed) if sigma_x == "auto" else sigma_x
-        sigma_y = estimate_sigma(y, seed=seed) if sigma_y == "auto" else sigma_y
-        check_sigma(sigma_x, "sigma_x")
-        check_sigma(sigma_y, "sigma_y")
+        auto_x = isinstance(sigma_x, str) and sigma_x == "auto"
+        auto_y = isinstance(sigma_y, str) and sigma_y == "auto"
+        sigma_x = estimate_sigma(x, seed=seed) if auto_x else sigma_x
+        sigma_y = estimate_sigma(y, seed=seed) if auto_y else sigma_y
+        sigma_x = check_sigma(sigma_x, "sigma_x")
+        sigma_y = check_sigma(sigma_y, "sigma_y")
+        check_sigma_scale(x, sigma_x, "sigma_x")
+        check_sigma_scale(y, sigma_y, "sigma_y")
     if kernel == "gaussian" and rff_dim is None:
         with torch.autocast(x.device.type, enabled=False):
             x64, y64 = x.to(torch.float64), y.to(torch.float64)
-            delta = (gaussian_kernel(x64, sigma_x) - eta * gaussian_kernel(y64, sigma_y)) / len(x)
+            k_x = gaussian_kernel(x64, sigma_x, name="sigma_x")
+            delta = (k_x - eta * gaussian_kernel(y64, sigma_y, name="sigma_y")) / len(x)
             return _dominant_rayleigh_quotient(delta).abs().to(x.dtype)
     map_x, map_y = build_feature_maps(
         x.shape[1],
@@ -81,7 +87,7 @@ def spec_diff_features(phi_x: Tensor, phi_y: Tensor, *, eta: float = 1.0) -> Ten
         phi_x: (n, D_x), phi_y: (n, D_y) -> scalar tensor in phi_x's dtype.
     """
     check_pair(phi_x, phi_y)
-    check_eta(eta)
+    eta = check_eta(eta)
     n, dim_x = phi_x.shape
     with torch.autocast(phi_x.device.type, enabled=False):
         if n <= dim_x + phi_y.shape[1]:

@@ -7,11 +7,18 @@ tr((K_x - eta * K_y) / n) = 1 - eta on every path (spec_math.md section 1).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
 
-from spec_align.spec.validation import check_sigma
+from spec_align.spec.validation import (
+    as_tensor,
+    check_finite,
+    check_positive_int,
+    check_sigma,
+    check_sigma_scale,
+)
 
 __all__ = [
     "CosineFeatures",
@@ -22,14 +29,41 @@ __all__ = [
     "normalize_rows",
 ]
 
+# Entries within [2^-SAFE_EXPONENT, 2^SAFE_EXPONENT] in magnitude square and sum without
+# over- or underflow in float64; outside it, kernels rescale their input by a power of two
+# first (exact: only the exponent changes), so 1e200- or 1e-200-scale data still work.
+SAFE_EXPONENT = 400
+
+
+def _power_of_two_scale(z: Tensor) -> float:
+    """1.0 for data in the safe range, else the power of two that brings max |z| near 1.
+
+    Dividing by a power of two is exact, so a rescaled computation gives the same bits as
+    the unscaled one would have without overflow.
+    """
+    largest = float(z.detach().abs().max()) if z.numel() else 0.0
+    if largest == 0.0 or 2.0**-SAFE_EXPONENT <= largest <= 2.0**SAFE_EXPONENT:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(largest)[1])
+
 
 def normalize_rows(z: Tensor) -> Tensor:
     """Scale every row to unit Euclidean norm.
+
+    A row whose norm over- or underflows float64 (entries near 1e200 or 1e-200) is first
+    divided by a power of two near its largest entry, exactly, so it still normalises.
 
     Shapes:
         z: (n, d) -> (n, d)
     """
     norms = z.norm(dim=1, keepdim=True)
+    if bool(((norms == 0) | ~torch.isfinite(norms)).any()):
+        # Rare path: rescale each row by 2^k (exact) and take the norms again.
+        largest = z.detach().abs().amax(dim=1, keepdim=True)
+        exponents = torch.frexp(largest.to(torch.float64)).exponent
+        row_scale = torch.where(largest > 0, torch.ldexp(torch.ones_like(largest), exponents), 1)
+        z = z / row_scale.to(z.dtype)
+        norms = z.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
         row = int((norms.squeeze(1) == 0).nonzero()[0])
         raise ValueError(
@@ -39,15 +73,28 @@ def normalize_rows(z: Tensor) -> Tensor:
     return z / norms
 
 
-def gaussian_kernel(z: Tensor, sigma: float) -> Tensor:
+def gaussian_kernel(z: Tensor, sigma: float, *, name: str = "sigma") -> Tensor:
     """Exact Gaussian kernel matrix exp(-||z_i - z_j||^2 / (2 sigma^2)).
+
+    Data far from unit scale (max |z| beyond 2^+-400) is first divided by a power of two,
+    and sigma with it, so squared distances neither overflow nor underflow. A sigma more
+    than 1e150 times smaller than the data's largest entry is refused (ValueError naming
+    `name`): the kernel would be 0 between all distinct samples, or NaN.
 
     Shapes:
         z: (n, d) -> (n, n)
     """
+    check_sigma_scale(z, sigma, name)
+    scale = _power_of_two_scale(z)
+    if scale != 1.0:
+        z, sigma = z / scale, sigma / scale
     sq_norms = (z * z).sum(dim=1)
     sq_dists = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * (z @ z.T)).clamp_min(0.0)
-    return torch.exp(-sq_dists / (2.0 * sigma**2))
+    # Where 2 sigma^2 would underflow to 0 (0 / 0 = NaN on the diagonal) it is held at the
+    # smallest normal float64, which gives the kernel's limit: 1 on the diagonal, 0 off it.
+    # Otherwise this is exactly 2 sigma^2; sigma^2 = inf gives the other limit, all ones.
+    denominator = max(2.0 * sigma**2, torch.finfo(torch.float64).tiny)
+    return torch.exp(-sq_dists / denominator)
 
 
 def cosine_kernel(z: Tensor) -> Tensor:
@@ -61,7 +108,7 @@ def cosine_kernel(z: Tensor) -> Tensor:
 
 
 def estimate_sigma(
-    z: Tensor, *, max_samples: int = 1000, scale: float = 0.5, seed: int = 0
+    z: object, *, max_samples: int = 1000, scale: float = 0.5, seed: int = 0
 ) -> float:
     """Bandwidth heuristic: `scale` times the median pairwise distance.
 
@@ -69,32 +116,53 @@ def estimate_sigma(
     `max_samples` rows, so the cost does not grow with n. With the default scale 0.5 a pair
     at the median distance has kernel value exp(-2) = 0.135: far samples decorrelate while
     near ones (a cluster) stay close to 1, which is what makes clusters visible as blocks.
-    The result scales with the data, so scaling an embedding leaves its spectrum unchanged.
+    The result scales with the data, so scaling an embedding leaves its spectrum unchanged
+    (also at scales like 1e200 or 1e-200, where the distances are taken on the data divided
+    by a power of two and scaled back).
 
     Args:
-        z: embeddings, (n, d).
-        max_samples: subsample size for the pairwise distances.
-        scale: multiplier on the median distance.
+        z: embeddings, (n, d) numpy array or tensor, finite.
+        max_samples: subsample size for the pairwise distances, >= 2.
+        scale: multiplier on the median distance, > 0.
         seed: seed of the subsample.
 
     Returns:
         sigma > 0 as a float.
     """
-    if z.shape[0] < 2:
-        raise ValueError("sigma='auto' needs at least 2 samples; pass an explicit float sigma")
-    z = z.detach().to(torch.float64)
+    z = as_tensor(z, "the embedding passed to estimate_sigma")
+    max_samples = check_positive_int(max_samples, "max_samples")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a positive float, got {scale!r}")
+    if not (math.isfinite(float(scale)) and float(scale) > 0):
+        raise ValueError(f"scale must be a positive finite float, got {scale}")
+    if z.shape[0] < 2 or max_samples < 2:
+        raise ValueError(
+            "sigma='auto' needs at least 2 samples (and max_samples >= 2); pass an explicit "
+            "float sigma"
+        )
+    z = check_finite(z.detach(), "the embedding passed to sigma='auto'").to(torch.float64)
     if z.shape[0] > max_samples:
         generator = torch.Generator().manual_seed(seed)
         z = z[torch.randperm(z.shape[0], generator=generator)[:max_samples].to(z.device)]
+    data_scale = _power_of_two_scale(z)
+    if data_scale != 1.0:
+        z = z / data_scale  # exact; cdist would overflow (or underflow) at this scale
     rows, cols = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
     distances = torch.cdist(z, z)[rows, cols]
-    median = float(distances.quantile(0.5))
+    median = float(distances.quantile(0.5)) * data_scale
     if median == 0.0:
         raise ValueError(
             "sigma='auto' found a median pairwise distance of 0 (most samples are identical); "
             "pass an explicit float sigma"
         )
-    return scale * median
+    sigma = float(scale) * median
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(
+            f"sigma='auto' could not compute a bandwidth: {float(scale)} x the median pairwise "
+            f"distance {median:.3g} is {sigma} in float64 (the data's scale is out of range); "
+            "rescale the embedding or pass an explicit float sigma"
+        )
+    return sigma
 
 
 class CosineFeatures(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -14,10 +15,17 @@ __all__ = [
     "check_finite",
     "check_kernel",
     "check_pair",
+    "check_positive_int",
     "check_sigma",
+    "check_sigma_scale",
 ]
 
 KERNELS = ("gaussian", "cosine")
+_ROWS_SHOWN = 5  # bad rows listed by check_finite
+# A bandwidth this many times smaller than the data's largest entry is refused: the squared
+# distances over sigma^2 overflow float64 (or 2 sigma^2 underflows to 0, NaN on the diagonal),
+# so the kernel would be the identity at best.
+MIN_RELATIVE_SIGMA = 1e-150
 
 
 def as_tensor(a: object, name: str) -> Tensor:
@@ -38,12 +46,15 @@ def as_tensor(a: object, name: str) -> Tensor:
 
 
 def check_finite(a: Tensor, name: str) -> Tensor:
-    """Raise if `a` holds NaN or inf, naming the first bad row."""
+    """Raise if `a` holds NaN or inf, naming the first bad rows (and how many there are)."""
     bad = ~torch.isfinite(a)
     if bool(bad.any()):
-        row = int(bad.any(dim=1).nonzero()[0])
+        rows = bad.reshape(a.shape[0], -1).any(dim=1).nonzero().squeeze(1)
+        shown = ", ".join(str(int(r)) for r in rows[:_ROWS_SHOWN])
+        more = f" and {rows.numel() - _ROWS_SHOWN} more" if rows.numel() > _ROWS_SHOWN else ""
         raise ValueError(
-            f"{name} contains NaN or inf (first at row {row}); "
+            f"{name} contains NaN or inf (first at row {int(rows[0])}; "
+            f"{rows.numel()} bad row{'s' if rows.numel() > 1 else ''}: {shown}{more}); "
             "remove or repair those samples before comparing"
         )
     return a
@@ -62,32 +73,71 @@ def check_pair(x: Tensor, y: Tensor) -> None:
     check_finite(y, "y")
 
 
-def check_sigma(sigma: object, name: str) -> None:
-    """Check an explicit bandwidth."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+def check_positive_int(value: object, name: str, *, allow_none: bool = False) -> int | None:
+    """A positive integer (Python or numpy, not bool) as a Python int; None if allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        none = "None or " if allow_none else ""
+        raise ValueError(f"{name} must be {none}a positive int, got {value!r}")
+    if int(value) < 1:
+        none = "None or " if allow_none else ""
+        raise ValueError(f"{name} must be {none}a positive int, got {value!r}")
+    return int(value)
+
+
+def check_sigma(sigma: object, name: str) -> float:
+    """Check an explicit bandwidth (Python or numpy real); returns it as a Python float."""
+    if isinstance(sigma, (bool, np.bool_)) or not isinstance(sigma, numbers.Real):
         raise TypeError(f"{name} must be 'auto' or a positive float, got {sigma!r}")
+    sigma = float(sigma)
     if not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"{name} must be a positive finite float (or 'auto'), got {sigma}")
+    return sigma
 
 
-def check_eta(eta: float) -> None:
-    """Check the weight on the second kernel."""
-    if not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+def check_sigma_scale(z: Tensor, sigma: float, name: str) -> None:
+    """Check that a bandwidth is usable in float64 on data `z`: not absurdly small for it.
+
+    The Gaussian kernel exp(-||z_i - z_j||^2 / (2 sigma^2)) is computed on z rescaled by a
+    power of two (see `gaussian_kernel`), so only sigma relative to the data's scale matters.
+    """
+    largest = float(z.detach().abs().max()) if z.numel() else 0.0
+    if largest > 0 and sigma < MIN_RELATIVE_SIGMA * largest:
         raise ValueError(
-            f"eta must be a finite float >= 0 (1.0 compares on equal terms), got {eta}"
+            f"{name}={sigma:.3g} is too small for data whose largest absolute entry is "
+            f"{largest:.3g}: (distance / sigma)^2 overflows float64, so the kernel would be 0 "
+            "between all distinct samples (and NaN where 2 sigma^2 underflows); pass sigma on "
+            "the scale of the data's pairwise distances, or 'auto'"
         )
 
 
-def check_kernel(kernel: str, rff_dim: object = None) -> None:
-    """Check the kernel name and that `rff_dim` is None or a positive int for the Gaussian."""
+def check_eta(eta: object) -> float:
+    """Check the weight on the second kernel (Python or numpy real); returns a Python float."""
+    if (
+        isinstance(eta, (bool, np.bool_))
+        or not isinstance(eta, numbers.Real)
+        or not math.isfinite(float(eta))
+        or float(eta) < 0
+    ):
+        raise ValueError(
+            f"eta must be a finite float >= 0 (1.0 compares on equal terms), got {eta}"
+        )
+    return float(eta)
+
+
+def check_kernel(kernel: str, rff_dim: object = None) -> int | None:
+    """Check the kernel name and that `rff_dim` is None or a positive int for the Gaussian.
+
+    Returns `rff_dim` as a Python int (or None).
+    """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if rff_dim is None:
-        return
+        return None
     if kernel == "cosine":
         raise ValueError(
             "rff_dim applies to kernel='gaussian' only: the cosine kernel has exact features "
             "(z / ||z||); leave rff_dim=None"
         )
-    if isinstance(rff_dim, bool) or not isinstance(rff_dim, int) or rff_dim < 1:
-        raise ValueError(f"rff_dim must be None or a positive int, got {rff_dim!r}")
+    return check_positive_int(rff_dim, "rff_dim", allow_none=True)

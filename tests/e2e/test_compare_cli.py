@@ -1,6 +1,7 @@
 """`spec-compare` on precomputed features: planted clusters, safe loading, clear errors."""
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -162,3 +163,118 @@ def test_module_entry_point_runs(features):
     # Identical embeddings: no eigenvalue beyond rounding, an empty but valid report.
     assert completed.returncode == 0, completed.stderr
     assert json.loads((features / "same" / "modes.json").read_text())["modes"] == []
+
+
+# the report directory: checked first, never half-written, never silently overwritten
+def _argv(features, out, *extra):
+    return [
+        str(features / "a.npy"),
+        str(features / "b.pt"),
+        "--b-key",
+        "emb",
+        "--texts",
+        str(features / "texts.txt"),
+        "--top-k",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def _no_compute(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the comparison ran before the report directory was checked")
+
+    monkeypatch.setattr("spec_align.explain.comparison.compare_embeddings", fail)
+
+
+def test_cli_checks_the_report_dir_before_computing(features, capsys, monkeypatch):
+    _no_compute(monkeypatch)
+    message = _error(capsys, _argv(features, features / "a.npy" / "report"))
+    assert "cannot be created" in message and "is not a directory" in message
+    (features / "old").mkdir()
+    (features / "old" / "index.html").write_text("<html></html>")
+    message = _error(capsys, _argv(features, features / "old"))
+    assert "is not empty" in message and "pass --overwrite" in message
+    (features / "notes").mkdir()
+    (features / "notes" / "todo.txt").write_text("mine")
+    message = _error(capsys, _argv(features, features / "notes", "--overwrite"))
+    assert "holds no SPEC report" in message
+    assert (features / "notes" / "todo.txt").read_text() == "mine"
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("spec_align.cli.tempfile.mkdtemp", denied)
+    message = _error(capsys, _argv(features, features / "new" / "report"))
+    assert "cannot be written (Permission denied" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_cli_refuses_a_read_only_parent_before_computing(features, capsys, monkeypatch):
+    _no_compute(monkeypatch)
+    locked = features / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert "cannot be written" in _error(capsys, _argv(features, locked / "report"))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_cli_prints_the_result_when_the_report_cannot_be_written(features, capsys, monkeypatch):
+    def full_disk(result, out_dir, **kwargs):
+        (out_dir / "modes.json").write_text("{")  # a partial report, then the failure
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("spec_align.explain.report.write_report", full_disk)
+    out = features / "report"
+    with pytest.raises(SystemExit) as exit_info:
+        main(_argv(features, out))
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert "SPEC-diff" in captured.out  # printed before writing
+    assert "No space left on device" in captured.err and "result above is complete" in captured.err
+    assert not out.exists()
+    assert [p.name for p in features.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_overwrite_replaces_the_whole_report(features, capsys, monkeypatch):
+    out = features / "report"
+    assert main(_argv(features, out)) == 0
+    stale = out / "modes" / "mode_99.txt"
+    stale.write_text("from an older run with more modes")
+    first = (out / "modes.json").read_text()
+
+    assert "pass --overwrite" in _error(capsys, _argv(features, out, "--kernel", "cosine"))
+    assert stale.exists() and (out / "modes.json").read_text() == first
+
+    def broken(result, out_dir, **kwargs):
+        (out_dir / "modes.json").write_text("{")
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("spec_align.explain.report.write_report", broken)
+        with pytest.raises(SystemExit):
+            main(_argv(features, out, "--kernel", "cosine", "--overwrite"))
+    assert stale.exists() and (out / "modes.json").read_text() == first  # old report intact
+
+    assert main(_argv(features, out, "--kernel", "cosine", "--overwrite")) == 0
+    assert not stale.exists()
+    summary = check_report(out)
+    assert summary["kernel"] == "cosine"
+    assert sorted(p.name for p in (out / "modes").iterdir()) == [
+        f"mode_{m['mode']:02d}.txt" for m in summary["modes"]
+    ]
+    assert [p.name for p in features.iterdir() if p.name.startswith(".")] == []
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+
+
+def test_cli_shows_progress_unless_told_not_to(features, capsys):
+    assert main(_argv(features, features / "r1", "--rff-dim", "8")) == 0
+    err = capsys.readouterr().err
+    assert "SPEC pass 1/2 (covariance): 100%" in err and "150/150" in err
+    assert "SPEC pass 2/2 (scores): 100%" in err
+    assert main(_argv(features, features / "r2", "--rff-dim", "8", "--no-progress")) == 0
+    assert "SPEC pass" not in capsys.readouterr().err

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from spec_align.explain.run import run_compare
+from spec_align.cli import ReportDirError
+from spec_align.explain.run import _expected_samples, run_compare
 from tests.helpers import CONF_DIR, SMALL_SYNTHETIC, check_report
 
 
@@ -73,3 +76,39 @@ def test_compare_writes_a_report_and_reuses_its_features(data_root, tmp_path):
     )
     run_compare(other)
     assert (features / "a.npy").stat().st_mtime_ns != stamp
+
+
+def test_compare_refuses_an_occupied_report_dir_before_extracting(data_root, tmp_path):
+    cfg = _compose(data_root, tmp_path / "run")
+    report = Path(cfg.report.out_dir)
+    report.mkdir(parents=True)
+    (report / "index.html").write_text("<html>an earlier report</html>")
+    with pytest.raises(ReportDirError, match=r"report.out_dir .* is not empty.*report.overwrite"):
+        run_compare(cfg)
+    assert not Path(cfg.cache_dir).exists()  # no encoder ran
+    assert (report / "index.html").read_text() == "<html>an earlier report</html>"
+
+
+def test_compare_overwrites_a_whole_report_on_request_and_shows_progress(
+    data_root, tmp_path, capsys
+):
+    cfg = _compose(data_root, tmp_path / "run", "++report.overwrite=true", "spec.rff_dim=16")
+    report = Path(cfg.report.out_dir)
+    (report / "modes").mkdir(parents=True)
+    (report / "modes.json").write_text("{}")
+    (report / "modes" / "mode_42.png").write_bytes(b"stale")
+    check_report(run_compare(cfg).parent)
+    assert not (report / "modes" / "mode_42.png").exists()
+    err = capsys.readouterr().err
+    assert "features: 100%" in err and "128/128" in err  # a total: the shards' sizes.json
+    assert "SPEC pass 1/2 (covariance): 100%" in err
+
+
+def test_expected_samples_mirror_the_eval_pipeline(tmp_path):
+    (tmp_path / "sizes.json").write_text(json.dumps({f"val-{i}.tar": 10 + i for i in range(5)}))
+    urls = [str(tmp_path / f"val-{i}.tar") for i in range(5)]
+    assert _expected_samples(urls, None, 2) == 60
+    # max_samples=25 over 2 readers: each stops after ceil(25 / 2) = 13 samples.
+    assert _expected_samples(urls, 25, 2) == 26
+    assert _expected_samples(urls, 25, 0) == 25
+    assert _expected_samples([str(tmp_path / "unknown.tar")], None, 1) is None
