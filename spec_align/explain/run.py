@@ -42,14 +42,14 @@ def run_compare(cfg: DictConfig) -> Path:
             "(ref=none or a precomputed cache); pick e.g. ref=dinov2 or ref=tiny"
         )
     # Before any encoder runs: an unwritable or occupied report directory fails now.
-    overwrite = bool(cfg.report.get("overwrite", False))
+    overwrite = bool(cfg.report.overwrite)
     out_dir = check_report_dir(
         cfg.report.out_dir,
         overwrite=overwrite,
         option="report.out_dir",
-        flag="++report.overwrite=true",
+        flag="report.overwrite=true",
     )
-    progress = bool(cfg.get("progress", True))
+    progress = bool(cfg.progress)
     encoder_a, encoder_b = instantiate(cfg.encoder), instantiate(cfg.ref.encoder)
     names = tuple(cfg.names) if cfg.get("names") else ("encoder", "ref")
     datamodule = instantiate(cfg.data)
@@ -99,7 +99,7 @@ def run_compare(cfg: DictConfig) -> Path:
     }
     thumbnails = _shard_images(urls, wanted)
     check_report_dir(  # nothing appeared there meanwhile
-        out_dir, overwrite=overwrite, option="report.out_dir", flag="++report.overwrite=true"
+        out_dir, overwrite=overwrite, option="report.out_dir", flag="report.overwrite=true"
     )
     index = replace_report_dir(
         out_dir,
