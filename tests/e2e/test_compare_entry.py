@@ -92,7 +92,7 @@ def test_compare_refuses_an_occupied_report_dir_before_extracting(data_root, tmp
 def test_compare_overwrites_a_whole_report_on_request_and_shows_progress(
     data_root, tmp_path, capsys
 ):
-    cfg = _compose(data_root, tmp_path / "run", "++report.overwrite=true", "spec.rff_dim=16")
+    cfg = _compose(data_root, tmp_path / "run", "report.overwrite=true", "spec.rff_dim=16")
     report = Path(cfg.report.out_dir)
     (report / "modes").mkdir(parents=True)
     (report / "modes.json").write_text("{}")
