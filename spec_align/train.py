@@ -413,8 +413,8 @@ def summarize_run(
             lines.append(f"  last checkpoint: {callback.path}")
     lines.append(f"  run dir: {output_dir}")
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger.experiment.settings.mode == "offline":
-            lines.append(f"  W&B (offline): wandb sync {Path(logger.experiment.dir).parent}")
+        if isinstance(logger, WandbLogger) and logger.experiment.offline:
+            lines.append(f"  W&B (offline): wandb sync {logger.experiment.settings.sync_dir}")
     return "\n".join(lines)
 
 

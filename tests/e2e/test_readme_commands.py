@@ -245,7 +245,7 @@ def test_override_cells_run(shell, user_dir, command):
     if command == "callbacks.cluster_log.every_n_steps=50":
         shell(command, "trainer.max_epochs=2")  # 64 steps: evaluated at 0 and 50
         (run,) = _runs(user_dir)
-        assert (run / "clusters" / "step_000050").is_dir()
+        assert (run / "clusters" / "step_0000050").is_dir()
         return
     appended = [] if command.startswith("debug=") else SHORT
     shell(command, *appended)
