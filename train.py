@@ -6,8 +6,10 @@ from omegaconf import DictConfig
 from spec_align.losses import DivergenceError
 from spec_align.train import ConfigError, run
 from spec_align.utils import register_resolvers
+from spec_align.utils.logging import quiet_third_party_messages
 
 register_resolvers()
+quiet_third_party_messages()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

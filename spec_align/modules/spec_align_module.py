@@ -310,7 +310,10 @@ class SpecAlignModule(LightningModule):
             self.log(
                 f"train/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=size
             )
-        self.log("train/data_wait_s", self._data_wait, on_epoch=True, batch_size=size)
+        # This rank's own wait: averaged over ranks.
+        self.log(
+            "train/data_wait_s", self._data_wait, on_epoch=True, sync_dist=True, batch_size=size
+        )
         for name in ("samples_skipped", "shard_errors"):  # this rank's loader, whole run
             self.log(f"train/{name}", float(batch.get(name, 0)), on_step=True, batch_size=size)
         return out["loss"]
