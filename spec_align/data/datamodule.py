@@ -212,7 +212,9 @@ class WdsDataModule(LightningDataModule):
         return math.ceil(samples / (self.batch_size * world_size * readers)) * readers
 
     def _next_epoch(self) -> None:
-        self._epoch.set(self._epochs_started)
+        # overfit_batches promises the same batches every epoch: the shard draw is not reseeded.
+        overfitting = self.trainer is not None and self.trainer.overfit_batches > 0
+        self._epoch.set(0 if overfitting else self._epochs_started)
         self._epochs_started += 1
 
     def _loader_kwargs(self) -> dict:

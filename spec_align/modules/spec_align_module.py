@@ -108,7 +108,8 @@ class SpecAlignModule(LightningModule):
 
     Logged keys (see `metric_names`): train/loss, train/task_loss, train/spec_diff (steps with
     the penalty active), train/data_wait_s (time waiting for the batch), train/samples_skipped
-    and train/shard_errors (samples lost to corrupt data and failed shard reads so far, see
+    and train/shard_errors (samples lost to corrupt data and failed shard reads so far, summed
+    over ranks, see
     `SkipCounter`); val/spec_diff (float64 SPEC-diff of the exact kernels,
     with the penalty's bandwidths, on the fixed probe set: the first `probe_size` validation
     samples), val/spec_diff_features (the same with the penalty's random-feature maps),
@@ -314,8 +315,16 @@ class SpecAlignModule(LightningModule):
         self.log(
             "train/data_wait_s", self._data_wait, on_epoch=True, sync_dist=True, batch_size=size
         )
-        for name in ("samples_skipped", "shard_errors"):  # this rank's loader, whole run
-            self.log(f"train/{name}", float(batch.get(name, 0)), on_step=True, batch_size=size)
+        # Each rank's loader counts its own shards (whole run so far): the run's total is the sum.
+        for name in ("samples_skipped", "shard_errors"):
+            self.log(
+                f"train/{name}",
+                float(batch.get(name, 0)),
+                on_step=True,
+                sync_dist=True,
+                reduce_fx="sum",
+                batch_size=size,
+            )
         return out["loss"]
 
     def on_train_start(self) -> None:
