@@ -78,9 +78,9 @@ def shell(user_dir: Path, subprocess_env: dict[str, str]):
     env = {k: v for k, v in subprocess_env.items() if k != "PYTHONWARNINGS"}
 
     def _run(
-        command: str, *appended: str, ok: bool = True, run: str | None = None
+        command: str, *appended: str, ok: bool = True, run: str | None = None, readme=True
     ) -> subprocess.CompletedProcess:
-        assert command in readme_commands(), f"not a README command: {command}"
+        assert not readme or command in readme_commands(), f"not a README command: {command}"
         if run is not None:
             command = command.replace("<run>", run)
         result = subprocess.run(
@@ -209,13 +209,41 @@ def test_sweep_gives_one_dir_run_and_name_per_job(shell, user_dir):
         (offline_run,) = (job / "wandb").glob("offline-run-*")
         assert offline_run.name.endswith(run_id)
         ids.add(run_id)
-        names.add(OmegaConf.load(job / ".hydra" / "overrides.yaml")[0])
+        # The resolved config every logger received: the W&B run's name, seed left out.
+        names.add(OmegaConf.load(job / "csv" / "hparams.yaml").logger.wandb.name)
     assert len(ids) == 6
     assert names == {
         "loss.spectral.weight=0",
         "loss.spectral.weight=0.1",
         "loss.spectral.weight=1",
     }
+
+
+@pytest.mark.slow
+def test_resumed_sweep_continues_each_job_in_its_own_run(shell, user_dir):
+    """The issue's multirun with ckpt_path=last: jobs chained and shared one W&B id."""
+    limits = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    sweep = ["-m", "loss.spectral.weight=0,1", *limits]
+    shell("python train.py", *sweep, "trainer.max_epochs=1", readme=False)
+    shell("python train.py", *sweep, "trainer.max_epochs=2", "ckpt_path=last", readme=False)
+    first, second = sorted((user_dir / "logs" / "train" / "multiruns").iterdir())
+    ids = set()
+    for job in ("0", "1"):
+        weight = OmegaConf.load(second / job / ".hydra" / "config.yaml").loss.spectral.weight
+        (before,) = [
+            j
+            for j in first.iterdir()
+            if j.is_dir()
+            and OmegaConf.load(j / ".hydra" / "config.yaml").loss.spectral.weight == weight
+        ]
+        resumed = (second / job / "resumed_from.txt").read_text().strip()
+        assert resumed == str((before / "checkpoints" / "last.ckpt").resolve())
+        run_id = (second / job / "wandb_id.txt").read_text()
+        assert run_id == (before / "wandb_id.txt").read_text()
+        ids.add(run_id)
+        last = torch.load(second / job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == 4
+    assert len(ids) == 2
 
 
 @pytest.mark.slow
