@@ -2,6 +2,7 @@
 
 import json
 import re
+import socket
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -67,3 +68,10 @@ def check_report(directory: Path) -> dict:
             assert mode["figure"] in parser.images
     assert "<script" not in page and "stylesheet" not in page  # opens offline, no external assets
     return summary
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that is free now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

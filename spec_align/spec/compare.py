@@ -573,14 +573,18 @@ def _float64_batch(
     bx: Tensor, by: Tensor, device: torch.device, widths: tuple[int, int], index: int, when: str
 ) -> tuple[Tensor, Tensor]:
     """A batch on `device` in float64, after checking it has the first batch's widths."""
-    for side, batch, width in (("x", bx, widths[0]), ("y", by, widths[1])):
-        if batch.shape[1] != width:
-            raise ValueError(
-                f"batch {index}{when} of the source has {side} of width {batch.shape[1]}, but "
-                f"the first batch's {side} has width {width}: every batch must have the same "
-                "columns (d_x for x, d_y for y)"
-            )
+    _check_widths(bx, by, widths, f"batch {index}{when}")
     return bx.to(device=device, dtype=torch.float64), by.to(device=device, dtype=torch.float64)
+
+
+def _check_widths(bx: Tensor, by: Tensor, widths: tuple[int, int], batch: str) -> None:
+    for side, values, width in (("x", bx, widths[0]), ("y", by, widths[1])):
+        if values.shape[1] != width:
+            raise ValueError(
+                f"{batch} of the source has {side} of width {values.shape[1]}, but the first "
+                f"batch's {side} has width {width}: every batch must have the same columns "
+                "(d_x for x, d_y for y)"
+            )
 
 
 def _stream_scores(
@@ -707,13 +711,7 @@ def _validated(pairs: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
         check_pair(bx, by)
         if widths is None:
             widths = (bx.shape[1], by.shape[1])
-        for side, batch, width in (("x", bx, widths[0]), ("y", by, widths[1])):
-            if batch.shape[1] != width:
-                raise ValueError(
-                    f"batch {i} of the source has {side} of width {batch.shape[1]}, but batch 0 "
-                    f"has width {width}: every batch must have the same columns (d_x for x, "
-                    "d_y for y)"
-                )
+        _check_widths(bx, by, widths, f"batch {i}")
         empty = False
         yield bx, by
     if empty:

@@ -1,7 +1,6 @@
 """Two gloo processes give the same SPEC result as one process reading all rows."""
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch.multiprocessing as mp
 
 from spec_align import compare
 from spec_align.explain import compare_embeddings
+from tests.helpers import free_port
 
 N, RFF_DIM = 600, 40  # n > 2 * 2 * RFF_DIM, so one process also takes the covariance path
 
@@ -47,14 +47,8 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     a, b = _data()
     for case, kwargs in enumerate(CASES):
         single = compare(a, b, batch_size=64, names=("a", "b"), **kwargs)

@@ -2,7 +2,6 @@
 
 import datetime
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -10,7 +9,7 @@ import torch.multiprocessing as mp
 
 from spec_align import compare
 from spec_align.spec import SourceChangedError
-from tests.helpers import clustered_pair
+from tests.helpers import clustered_pair, free_port
 
 
 def _worker(rank, world, port, out):
@@ -41,14 +40,8 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_changed_source_on_one_rank_fails_every_rank(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     outcomes = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert [o["stable_rows"] for o in outcomes] == [800, 800]  # no false alarm
     assert "on rank 1 changed between passes: batch 0" in outcomes[1]["error"]

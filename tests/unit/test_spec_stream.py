@@ -183,7 +183,8 @@ def test_numpy_batches_and_widths():
     batches = _batches(x, y, 100)
     batches[2] = (batches[2][0][:, :4], batches[2][1])
     with pytest.raises(
-        ValueError, match="batch 2 of the source has x of width 4, but batch 0 has width 6"
+        ValueError,
+        match="batch 2 of the source has x of width 4, but the first batch's x has width 6",
     ):
         compare(batches, kernel="cosine", top_k=2)
     with pytest.raises(ValueError, match="batch 2 of the source has x of width 4"):
