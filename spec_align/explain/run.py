@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from spec_align.cli import check_report_dir, replace_report_dir
 from spec_align.explain.comparison import compare_embeddings
 from spec_align.explain.extract import FeatureCache, PairTransform, extract_features
 from spec_align.explain.report import log_report_to_wandb, write_report
+from spec_align.explain.report_dir import check_report_dir, replace_report_dir
 
 __all__ = ["run_compare"]
 

@@ -206,7 +206,7 @@ def test_cli_checks_the_report_dir_before_computing(features, capsys, monkeypatc
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("spec_align.cli.tempfile.mkdtemp", denied)
+    monkeypatch.setattr("spec_align.explain.report_dir.tempfile.mkdtemp", denied)
     message = _error(capsys, _argv(features, features / "new" / "report"))
     assert "cannot be written (Permission denied" in message
 

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from spec_align.cli import ReportDirError
+from spec_align.explain.report_dir import ReportDirError
 from spec_align.explain.run import _expected_samples, run_compare
 from tests.helpers import CONF_DIR, SMALL_SYNTHETIC, check_report
 
