@@ -307,9 +307,13 @@ def _build_networks(cfg: DictConfig) -> tuple[dict[str, Any], list[str]]:
             continue
         try:
             networks[name] = instantiate(node)
-        except (InstantiationException, WeightsUnavailableError, OSError, ValueError) as err:
-            cause = err.__cause__ if isinstance(err, InstantiationException) else None
-            problems.append(f"{'encoder' if name == 'encoder' else 'ref.encoder'}: {cause or err}")
+        except InstantiationException as err:
+            # What the user can fix (weights, files, arguments); anything else is a bug.
+            if not isinstance(err.__cause__, WeightsUnavailableError | OSError | ValueError):
+                raise
+            problems.append(
+                f"{'encoder' if name == 'encoder' else 'ref.encoder'}: {err.__cause__}"
+            )
     return networks, problems
 
 
