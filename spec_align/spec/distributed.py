@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from spec_align.spec.linalg import JointCovariance
 
@@ -30,16 +31,13 @@ def all_reduce_covariance(accumulator: JointCovariance) -> JointCovariance:
 def gather_rows(local: Tensor) -> Tensor:
     """Every rank's rows concatenated in rank order (ranks may hold different row counts).
 
+    A rank with no rows still takes part: it passes an empty tensor with the same number of
+    dimensions, whose other sizes may be anything (e.g. (0, 0) when it cannot know the width).
+
     Shapes:
-        local: (n_rank, d) -> (sum of n_rank, d), on every rank
+        local: (n_rank, ...) -> (sum of n_rank, ...), on every rank
     """
-    world = dist.get_world_size()
-    size = torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    # all_gather needs equal shapes: pad every block to the longest, then trim.
-    padded = local.new_zeros(int(max(sizes)), local.shape[1])
-    padded[: local.shape[0]] = local
-    blocks = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(blocks, padded)
-    return torch.cat([block[: int(s)] for block, s in zip(blocks, sizes, strict=True)])
+    # torchmetrics pads every dimension to the largest rank's and trims after the gather.
+    parts = gather_all_tensors(local)
+    filled = [part for part in parts if len(part)]
+    return torch.cat(filled) if filled else parts[0]

@@ -66,10 +66,6 @@ class JointCovariance:
         self.num_samples = 0
         self._sum = torch.zeros(dim_x + dim_y, dim_x + dim_y, dtype=torch.float64, device=device)
 
-    def update(self, phi_x: Tensor, phi_y: Tensor) -> None:
-        """Add a batch of paired features, phi_x (b, D_x) and phi_y (b, D_y)."""
-        self.update_joint(joint_features(phi_x, phi_y, self.eta))
-
     def update_joint(self, joint: Tensor) -> None:
         """Add a batch of joint features [phi_x, sqrt(eta) phi_y], (b, D_x + D_y)."""
         joint = joint.to(device=self._sum.device, dtype=torch.float64)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torchmetrics.utilities.distributed import gather_all_tensors
+
+from spec_align.spec.distributed import gather_rows
 
 __all__ = [
     "all_ranks",
@@ -78,20 +79,13 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
 
 @torch.no_grad()
 def gather_uneven(tensor: Tensor) -> Tensor:
-    """Rows of all ranks in rank order, without gradient; ranks may hold different counts.
-
-    A rank with no rows still has to take part: it passes an empty tensor of the same number
-    of dimensions, whose other sizes may be anything (e.g. (0, 0) when it cannot know the
-    embedding width).
+    """Rows of all ranks in rank order, without gradient (`spec.distributed.gather_rows`);
+    identity when not distributed.
 
     Shapes:
         tensor: (b_rank, ...) -> (sum of b_rank, ...)
     """
-    if world_size() == 1:
-        return tensor
-    parts = gather_all_tensors(tensor)
-    filled = [part for part in parts if len(part)]
-    return torch.cat(filled) if filled else parts[0]
+    return tensor if world_size() == 1 else gather_rows(tensor)
 
 
 def gather_chunks(
