@@ -21,7 +21,7 @@ class SpectralPenalty(nn.Module):
     """SPEC-diff ||(K_enc - eta K_ref) / n||_op of one batch, with fixed feature maps.
 
     Row i of both inputs must be the same sample (the module guarantees it; the authors'
-    code paired unrelated images, spec_math.md section 4). The value and its gradient come
+    code paired unrelated images, docs/math.md section 10.2). The value and its gradient come
     from `spec_align.spec.spec_diff_features` in float64 (exact eigenvector, Rayleigh quotient
     gradient); the reference side carries no gradient.
 

@@ -44,7 +44,7 @@ class ViewAdapter(nn.Module):
 
     The data pipeline produces a single view per sample (one crop, uint8 or [0, 1]); each
     encoder gets that same view at its own resolution and normalisation, so the trainable
-    encoder and the reference always embed the same pixels (spec_math.md section 4, bug 2).
+    encoder and the reference always embed the same pixels (docs/math.md section 10.2, item 2).
 
     Args:
         image_size: the encoder's input side in pixels.

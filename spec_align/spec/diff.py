@@ -79,8 +79,8 @@ def spec_diff_features(phi_x: Tensor, phi_y: Tensor, *, eta: float = 1.0) -> Ten
     Solves on the cheaper side: the n x n difference kernel when n <= D_x + D_y, otherwise the
     (D_x + D_y)-square dual. The eigenvector comes from a float64 symmetric solve without
     gradient, and the value is its Rayleigh quotient with gradient. That quotient equals the
-    eigenvalue and its gradient is the simple-eigenvalue derivative u^T dDelta u (spec_math.md
-    section 4), taken for the top positive and top negative eigenvalue alike: a symmetric solve
+    eigenvalue and its gradient is the simple-eigenvalue derivative u^T dDelta u (docs/math.md
+    section 4.2), taken for the top positive and top negative eigenvalue alike: a symmetric solve
     separates them exactly even when lambda_max ~ -lambda_min, where power iteration stalls.
 
     Shapes:

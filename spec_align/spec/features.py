@@ -1,7 +1,7 @@
 """Kernels and their explicit feature maps.
 
 Both kernels are normalised, k(z, z) = 1, so every spectrum of K/n sums to one and
-tr((K_x - eta * K_y) / n) = 1 - eta on every path (spec_math.md section 1).
+tr((K_x - eta * K_y) / n) = 1 - eta on every path (docs/math.md section 2.2).
 """
 
 from __future__ import annotations

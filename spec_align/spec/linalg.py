@@ -1,6 +1,6 @@
 """The eigen-solves behind SPEC, in float64 with symmetric solvers only.
 
-Notation (spec_math.md section 2): Psi = n^-1/2 [Phi_x, sqrt(eta) Phi_y] is (n, m) with
+Notation (docs/math.md section 6): Psi = n^-1/2 [Phi_x, sqrt(eta) Phi_y] is (n, m) with
 m = D_x + D_y, J = diag(I_Dx, -I_Dy), the difference kernel is Delta = Psi J Psi^T (n, n) and
 its dual is M = J C with C = Psi^T Psi (m, m). Both have the same nonzero eigenvalues.
 """
@@ -128,7 +128,7 @@ def feature_space_eigh(
     unit-norm eigenvector entries of Delta.
 
     F is the Cholesky factor of C, without jitter: an eps * I would bias every eigenvalue
-    and turn the null space into spurious +-eps modes (spec_math.md 2.4d). Cholesky is
+    and turn the null space into spurious +-eps modes (docs/math.md section 6.4). Cholesky is
     backward stable, so when it succeeds the eigenvalues are exact to O(eps ||C||) even for
     an ill-conditioned C. When it fails (C singular, e.g. duplicated samples), F comes from
     eigh(C) restricted to its numerically nonzero part, which drops the null space exactly.
@@ -164,7 +164,7 @@ def orient_columns(scores: Tensor) -> Tensor:
 
     A column is flipped so that its entries sum to a positive number, which puts a cluster's
     members at the top. A contrast mode (one group up, another down, e.g. 1_A - 1_B with
-    |A| = |B|) sums to about zero and the sum's sign is noise (spec_math.md section 1); when
+    |A| = |B|) sums to about zero and the sum's sign is noise (docs/math.md section 3.2); when
     |sum| < 0.1 * sum(|u|), the column is instead flipped so that its first sample (lowest
     row index) with |u_i| >= half the column's max is positive.
     """

@@ -27,7 +27,7 @@ def _finite_difference_check(fn, x, y, seed=0, step=1e-6):
         assert float(analytic) == pytest.approx(float(numeric), rel=1e-5, abs=1e-9)
 
 
-# 7.10 eigenvalue gradient, on each solve path
+# P10 eigenvalue gradient, on each solve path
 @pytest.mark.parametrize(
     "kwargs",
     [

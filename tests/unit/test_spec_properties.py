@@ -1,4 +1,4 @@
-"""The properties of spec_math.md section 7, each with its tolerance."""
+"""The properties P1-P11 of docs/math.md section 11, each with its tolerance."""
 
 import math
 
@@ -11,7 +11,7 @@ from tests.helpers import clustered_pair
 
 
 def _planted(n_per_group=(100, 100, 100), noise=0.0, seed=0):
-    """Embedding x separates groups A, B, C; embedding y merges A and B (spec_math.md 7.8)."""
+    """x separates groups A, B, C; y merges A and B (docs/math.md section 11, P8)."""
     generator = torch.Generator().manual_seed(seed)
     groups = torch.cat([torch.full((k,), g) for g, k in enumerate(n_per_group)])
     centers_x = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]])
@@ -26,7 +26,7 @@ def _exact_eigh(delta):
     return values.flip(0), vectors.flip(1)
 
 
-# 7.1 identical embeddings
+# P1 identical embeddings
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -44,7 +44,7 @@ def test_identical_embeddings_give_zero_spectrum(kwargs):
     assert float(spec_diff(x, x, **kwargs)) < 1e-12
 
 
-# 7.2 swap
+# P2 swap
 @pytest.mark.parametrize("kernel", ["gaussian", "cosine"])
 def test_swap_negates_spectrum(kernel):
     x, y = clustered_pair()
@@ -61,7 +61,7 @@ def test_swap_negates_spectrum(kernel):
     )
 
 
-# 7.3 trace
+# P3 trace
 @pytest.mark.parametrize("eta", [1.0, 2.0, 0.5, 0.0])
 @pytest.mark.parametrize(
     "kwargs",
@@ -80,7 +80,7 @@ def test_trace_is_one_minus_eta(eta, kwargs):
         assert float(result.eigenvalues.max()) <= 1 + 1e-12
 
 
-# 7.4 and 7.11: the dual (feature-space) path equals the n x n path, same 1/n scaling
+# P4 and P11: the dual (feature-space) path equals the n x n path, same 1/n scaling
 @pytest.mark.parametrize("n", [40, 300])  # fewer and more samples than features
 @pytest.mark.parametrize("eta", [1.0, 0.5, 2.0])
 def test_cosine_feature_path_matches_exact_kernel(n, eta):
@@ -95,7 +95,7 @@ def test_cosine_feature_path_matches_exact_kernel(n, eta):
         atol=1e-9,
         rtol=0,
     )
-    # 7.5 eigenvector recovery, sqrt(eta) included: |cos(scores, exact u)| = 1
+    # P5 eigenvector recovery, sqrt(eta) included: |cos(scores, exact u)| = 1
     for j in range(result.num_modes):
         i = int((exact_values - result.mode_eigenvalues[j]).abs().argmin())
         cosine = float(result.scores[:, j] @ exact_vectors[:, i])
@@ -124,7 +124,7 @@ def test_rff_feature_path_matches_its_own_gram_matrix():
         assert abs(cosine) == pytest.approx(1.0, abs=1e-10)
 
 
-# 7.6 RFF convergence
+# P6 RFF convergence
 def test_rff_eigenvalues_converge_to_exact_gaussian():
     x, y = clustered_pair(n=200)
     exact = compare(x, y, sigma_x=3.0, sigma_y=2.5, top_k=3)
@@ -140,7 +140,7 @@ def test_rff_eigenvalues_converge_to_exact_gaussian():
     assert errors[6400] < 0.01
 
 
-# 7.7 invariances
+# P7 invariances
 def test_cosine_spectrum_invariant_to_rotation():
     x, y = clustered_pair(d_x=8)
     rotation, _ = torch.linalg.qr(
@@ -176,7 +176,7 @@ def test_permuting_samples_permutes_scores():
     torch.testing.assert_close(base.scores[permutation], permuted.scores, atol=1e-10, rtol=0)
 
 
-# 7.8 planted clusters
+# P8 planted clusters
 @pytest.mark.parametrize("kwargs", [dict(), dict(rff_dim=4000)])
 def test_planted_clusters_exact(kwargs):
     sizes = (100, 50, 150)
@@ -219,7 +219,7 @@ def test_planted_clusters_noisy(kwargs):
     assert (groups[merged] != 2).float().mean() > 0.95
 
 
-# 7.9 the SPEC-align estimator needs matched rows
+# P9 the SPEC-align estimator needs matched rows
 def test_penalty_zero_for_matched_rows_and_not_for_mismatched():
     x, _ = clustered_pair(n=256)
     mismatch = torch.randperm(256, generator=torch.Generator().manual_seed(0))
