@@ -10,11 +10,11 @@ from torch import Tensor, nn
 
 from spec_align.spec import CosineFeatures, RandomFourierFeatures, estimate_sigma, spec_diff
 from spec_align.spec import spec_diff_features as _spec_diff_features
+from spec_align.spec.validation import check_eta, check_kernel, check_positive_int, check_sigma
 
-__all__ = ["KERNELS", "SpectralPenalty"]
+__all__ = ["SpectralPenalty"]
 
 Sigma = float | str
-KERNELS = ("gaussian", "cosine")
 
 
 class SpectralPenalty(nn.Module):
@@ -67,30 +67,26 @@ class SpectralPenalty(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        check_kernel(kernel)  # rff_dim is checked below: the cosine kernel ignores it
         if weight < 0 or not math.isfinite(weight):
             raise ValueError(f"penalty weight must be a finite float >= 0, got {weight}")
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        if kernel == "gaussian" and rff_dim < 1:
-            raise ValueError(f"rff_dim must be >= 1 for the gaussian kernel, got {rff_dim}")
-        for name, sigma in (("sigma_encoder", sigma_encoder), ("sigma_ref", sigma_ref)):
-            if sigma != "auto" and not (isinstance(sigma, int | float) and sigma > 0):
-                raise ValueError(f"{name} must be 'auto' or a float > 0, got {sigma!r}")
+        self.every_n_steps = check_positive_int(every_n_steps, "every_n_steps")
+        self.rff_dim = check_positive_int(rff_dim, "rff_dim") if kernel == "gaussian" else 0
+        sigmas = {"encoder": sigma_encoder, "ref": sigma_ref}
+        for side, sigma in sigmas.items():
+            if sigma != "auto":
+                sigmas[side] = check_sigma(sigma, f"sigma_{side}")
         self.weight = float(weight)
         self.kernel = kernel
-        self.eta = float(eta)
-        self.rff_dim = int(rff_dim)
+        self.eta = check_eta(eta)
         self.normalize = bool(normalize)
-        self.sigma_scale = float(sigma_scale)
-        self.every_n_steps = int(every_n_steps)
+        self.sigma_scale = check_sigma(sigma_scale, "sigma_scale")
         self.seed = int(seed)
-        self._auto = {"encoder": sigma_encoder == "auto", "ref": sigma_ref == "auto"}
+        self._auto = {side: sigma == "auto" for side, sigma in sigmas.items()}
         # 0 marks a bandwidth still to be fitted (a finite marker: checkpoints must hold no
         # NaN, see losses/divergence.py); buffers so checkpoints carry them.
-        for side, sigma in (("encoder", sigma_encoder), ("ref", sigma_ref)):
-            value = 0.0 if sigma == "auto" else float(sigma)
+        for side, sigma in sigmas.items():
+            value = 0.0 if sigma == "auto" else sigma
             self.register_buffer(f"sigma_{side}_value", torch.tensor(value, dtype=torch.float64))
         self.map_encoder: nn.Module | None = None
         self.map_ref: nn.Module | None = None
