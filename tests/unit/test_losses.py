@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,3 +80,18 @@ def test_an_older_nan_bandwidth_marker_loads_as_unfitted():
     assert not penalty.fitted and float(penalty.sigma_encoder_value) == 0.0
     penalty.fit(torch.randn(10, 4), torch.randn(10, 3))
     assert penalty.fitted and float(penalty.sigma_encoder_value) > 0
+
+
+def test_penalty_arguments_are_checked_as_the_core_checks_them():
+    with pytest.raises(ValueError, match="unknown kernel 'rbf'; choose one of gaussian, cosine"):
+        SpectralPenalty(kernel="rbf")
+    with pytest.raises(ValueError, match="eta must be a finite float >= 0"):
+        SpectralPenalty(eta=-1.0)
+    with pytest.raises(ValueError, match="sigma_encoder must be a positive finite float"):
+        SpectralPenalty(sigma_encoder=0.0)
+    with pytest.raises(ValueError, match="rff_dim must be a positive int"):
+        SpectralPenalty(rff_dim=0)
+    penalty = SpectralPenalty(rff_dim=np.int64(16), every_n_steps=np.int64(2), sigma_ref=0.5)
+    assert (penalty.rff_dim, penalty.every_n_steps) == (16, 2)
+    assert float(penalty.sigma_ref_value) == 0.5
+    assert SpectralPenalty(kernel="cosine", rff_dim=0).rff_dim == 0  # unused by cosine
