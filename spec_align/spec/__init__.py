@@ -1,12 +1,6 @@
 """The SPEC core: pure torch, no Lightning or Hydra."""
 
-from spec_align.spec.compare import (
-    SourceChangedError,
-    SpecResult,
-    build_feature_maps,
-    compare,
-    difference_kernel,
-)
+from spec_align.spec.algorithm import build_feature_maps, compare, difference_kernel
 from spec_align.spec.diff import spec_diff, spec_diff_features
 from spec_align.spec.features import (
     CosineFeatures,
@@ -16,6 +10,8 @@ from spec_align.spec.features import (
     gaussian_kernel,
 )
 from spec_align.spec.linalg import JointCovariance
+from spec_align.spec.result import SpecResult
+from spec_align.spec.stream import SourceChangedError
 
 __all__ = [
     "CosineFeatures",

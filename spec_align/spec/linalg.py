@@ -12,12 +12,13 @@ import math
 import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "JointCovariance",
     "feature_space_eigh",
     "joint_features",
+    "mapped_joint_features",
     "orient_columns",
     "symmetric_eigh",
     "zero_tolerance",
@@ -43,6 +44,17 @@ def zero_tolerance(size: int, scale: float) -> float:
     `scale` bounds the matrix norm: ||Delta|| <= 1 + eta for normalised kernels.
     """
     return 64.0 * size * torch.finfo(torch.float64).eps * scale
+
+
+def mapped_joint_features(
+    map_x: nn.Module, map_y: nn.Module, x: Tensor, y: Tensor, eta: float
+) -> Tensor:
+    """`joint_features` of the two embeddings mapped in float64 by their feature maps.
+
+    Shapes:
+        x: (b, d_x), y: (b, d_y) -> (b, D_x + D_y)
+    """
+    return joint_features(map_x(x.to(torch.float64)), map_y(y.to(torch.float64)), eta)
 
 
 class JointCovariance:

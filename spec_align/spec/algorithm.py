@@ -1,12 +1,11 @@
-"""SPEC: the differential clusters of two embeddings of the same samples."""
+"""SPEC: the differential clusters of two embeddings of the same samples (the algorithm)."""
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -23,7 +22,7 @@ from spec_align.spec.features import (
 from spec_align.spec.linalg import (
     JointCovariance,
     feature_space_eigh,
-    joint_features,
+    mapped_joint_features,
     orient_columns,
     symmetric_eigh,
     zero_tolerance,
@@ -54,156 +53,13 @@ __all__ = [
     "difference_kernel",
 ]
 
+from spec_align.spec.result import SpecResult
+from spec_align.spec.sources import float64_batch, pair_batches, peek_rows
+
 Sigma = float | str
-PairSource = Iterable[tuple[object, object]] | Callable[[], Iterable[tuple[object, object]]]
 
 # Rows used by sigma="auto": a seeded subsample in memory, the first rows of a stream.
 SIGMA_SAMPLES = 1000
-
-
-@dataclass
-class SpecResult:
-    """The spectrum and differential clusters of (K_x - eta * K_y) / n.
-
-    Modes are the columns of `scores`: first the positive eigenvalues in descending order
-    (clusters that x forms and y does not), then the negative ones from the most negative
-    up (clusters that y forms and x does not). Only eigenvalues that are nonzero beyond
-    float64 rounding become modes, at most `top_k` of each sign.
-
-    `scores[:, j]` is the unit-norm sample-space eigenvector of mode j, identical on the exact
-    and feature-space paths. Sign convention: each column is flipped so its entries sum to a
-    positive number (a cluster's members score highest); a contrast mode whose entries sum
-    to about zero (|sum| < 0.1 * sum |u|) is instead flipped so that the lowest-index sample
-    with |u_i| >= half the column's max is positive. `top_samples(j)` lists the highest
-    scores; `top_samples(j, largest=False)` the other pole of a contrast mode.
-
-    Attributes:
-        eigenvalues: the spectrum, descending. Complete, null-space zeros included ((n,) on
-            the exact path, (min(n, m),) with features), while the solved matrix is at most
-            2048-square or on a GPU; above that on a CPU, only its top_k largest and top_k
-            smallest (a Lanczos solve), and `full_spectrum` is False. spec_diff and the modes
-            are exact either way.
-        mode_eigenvalues: eigenvalue of each mode, (num_modes,).
-        scores: per-sample mode scores, (n, num_modes).
-        num_positive: how many leading modes have positive eigenvalues.
-        spec_diff: operator norm of the difference kernel, max(lambda_max, -lambda_min).
-        names: display names of the two embeddings.
-        method: "exact" (n x n kernel) or "features" ((D_x + D_y)-square dual).
-    """
-
-    eigenvalues: Tensor
-    mode_eigenvalues: Tensor
-    scores: Tensor
-    num_positive: int
-    spec_diff: float
-    kernel: str
-    eta: float
-    sigma_x: float | None
-    sigma_y: float | None
-    rff_dim: int | None
-    seed: int
-    method: str
-    full_spectrum: bool = True
-    names: tuple[str, str] = ("x", "y")
-    feature_map_x: nn.Module | None = field(default=None, repr=False)
-    feature_map_y: nn.Module | None = field(default=None, repr=False)
-    mode_vectors: Tensor | None = field(default=None, repr=False)
-
-    @property
-    def num_samples(self) -> int:
-        return self.scores.shape[0]
-
-    @property
-    def num_modes(self) -> int:
-        return self.scores.shape[1]
-
-    def mode_direction(self, mode: int) -> str:
-        """Which embedding forms the cluster of `mode`: "x - y" style label with the names."""
-        first, second = self.names if mode < self.num_positive else self.names[::-1]
-        return f"{first} - {second}"
-
-    def top_samples(self, mode: int, m: int = 10, *, largest: bool = True) -> Tensor:
-        """Row indices of the `m` samples with the highest (or lowest) score in `mode`."""
-        if not 0 <= mode < self.num_modes:
-            raise IndexError(f"mode {mode} out of range: this result has {self.num_modes} modes")
-        m = min(m, self.num_samples)
-        return torch.topk(self.scores[:, mode], m, largest=largest).indices
-
-    def score(self, x: object, y: object) -> Tensor:
-        """Mode scores of new paired samples with the same feature maps, (n_new, num_modes).
-
-        The scale matches `scores` (unit eigenvectors over the original n samples).
-        """
-        if self.mode_vectors is None:
-            raise ValueError(
-                "score() needs explicit feature maps; this result came from the exact n x n "
-                "Gaussian path. Use rff_dim=... (or kernel='cosine') to score new samples"
-            )
-        x, y = as_tensor(x, "x"), as_tensor(y, "y")
-        check_pair(x, y)
-        device = self.mode_vectors.device
-        joint = _joint_features(
-            self.feature_map_x, self.feature_map_y, x.to(device), y.to(device), self.eta
-        )
-        return joint @ self.mode_vectors / math.sqrt(self.num_samples)
-
-    def to_dict(self, samples_per_mode: int = 10) -> dict:
-        """A JSON-ready summary: settings, spectrum ends and each mode's top samples."""
-        modes = []
-        for j in range(self.num_modes):
-            top = self.top_samples(j, samples_per_mode)
-            modes.append(
-                {
-                    "mode": j,
-                    "direction": self.mode_direction(j),
-                    "eigenvalue": float(self.mode_eigenvalues[j]),
-                    "top_samples": top.tolist(),
-                    "top_scores": self.scores[top, j].tolist(),
-                }
-            )
-        return {
-            "names": list(self.names),
-            "kernel": self.kernel,
-            "eta": self.eta,
-            "sigma_x": self.sigma_x,
-            "sigma_y": self.sigma_y,
-            "rff_dim": self.rff_dim,
-            "seed": self.seed,
-            "method": self.method,
-            "full_spectrum": self.full_spectrum,
-            "num_samples": self.num_samples,
-            "spec_diff": self.spec_diff,
-            "modes": modes,
-        }
-
-    def __str__(self) -> str:
-        x_name, y_name = self.names
-        kernel = self.kernel
-        if self.kernel == "gaussian":
-            kernel += f" (sigma_{x_name}={self.sigma_x:.4g}, sigma_{y_name}={self.sigma_y:.4g}"
-            kernel += f", rff_dim={self.rff_dim})" if self.rff_dim else ", exact)"
-        lines = [
-            f"SPEC {x_name} vs {y_name}: n={self.num_samples}, kernel={kernel}, eta={self.eta:g}",
-            f"SPEC-diff = {self.spec_diff:.6f}",
-        ]
-        for label, columns in (
-            (
-                f"{x_name} - {y_name} (clusters {x_name} forms, {y_name} does not)",
-                range(self.num_positive),
-            ),
-            (
-                f"{y_name} - {x_name} (clusters {y_name} forms, {x_name} does not)",
-                range(self.num_positive, self.num_modes),
-            ),
-        ):
-            lines.append(f"{label}: {len(columns)} modes")
-            for j in columns:
-                top = ", ".join(str(i) for i in self.top_samples(j, 8).tolist())
-                lines.append(
-                    f"  mode {j:2d}  eigenvalue {float(self.mode_eigenvalues[j]):+.5f}"
-                    f"  top samples: {top}"
-                )
-        return "\n".join(lines)
 
 
 def difference_kernel(
@@ -321,7 +177,7 @@ def compare(
     sigma_x = _check_sigma_or_auto(sigma_x, "sigma_x")
     sigma_y = _check_sigma_or_auto(sigma_y, "sigma_y")
 
-    batches, rows_hint, batches_hint = _pair_batches(x, y, batch_size)
+    batches, rows_hint, batches_hint = pair_batches(x, y, batch_size)
     settings = dict(kernel=kernel, eta=eta, rff_dim=rff_dim, seed=seed, names=names)
     if distributed and not is_distributed():
         raise ValueError(
@@ -435,7 +291,7 @@ def _compare_features(
 ) -> SpecResult:
     kernel, eta = settings["kernel"], settings["eta"]
     stream = batches()
-    head, stream = _peek_rows(stream, SIGMA_SAMPLES if kernel == "gaussian" else 1)
+    head, stream = peek_rows(stream, SIGMA_SAMPLES if kernel == "gaussian" else 1)
     head_x, head_y = (torch.cat(parts)[:SIGMA_SAMPLES] for parts in zip(*head, strict=True))
     if kernel == "gaussian" and distributed:
         # The first rows of the whole data set, as one process would see them: rank 0's
@@ -474,9 +330,9 @@ def _compare_features(
     try:
         with _bar(show, "SPEC pass 1/2 (covariance)", totals) as (bar, per_batch):
             for bx, by in stream:
-                bx, by = _float64_batch(bx, by, device, widths, fingerprints.batches, "")
+                bx, by = float64_batch(bx, by, device, widths, fingerprints.batches, "")
                 fingerprints.add(bx, by)
-                joint = _joint_features(map_x, map_y, bx, by, eta)
+                joint = mapped_joint_features(map_x, map_y, bx, by, eta)
                 if accumulator is None and sum(len(b) for b in buffered) + len(joint) <= m:
                     buffered.append(joint)
                 else:
@@ -569,24 +425,6 @@ def _any_rank_failed(failed: bool, device: torch.device) -> bool:
     return bool(int(flag))
 
 
-def _float64_batch(
-    bx: Tensor, by: Tensor, device: torch.device, widths: tuple[int, int], index: int, when: str
-) -> tuple[Tensor, Tensor]:
-    """A batch on `device` in float64, after checking it has the first batch's widths."""
-    _check_widths(bx, by, widths, f"batch {index}{when}")
-    return bx.to(device=device, dtype=torch.float64), by.to(device=device, dtype=torch.float64)
-
-
-def _check_widths(bx: Tensor, by: Tensor, widths: tuple[int, int], batch: str) -> None:
-    for side, values, width in (("x", bx, widths[0]), ("y", by, widths[1])):
-        if values.shape[1] != width:
-            raise ValueError(
-                f"{batch} of the source has {side} of width {values.shape[1]}, but the first "
-                f"batch's {side} has width {width}: every batch must have the same columns "
-                "(d_x for x, d_y for y)"
-            )
-
-
 def _stream_scores(
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]],
     map_x: nn.Module,
@@ -612,14 +450,14 @@ def _stream_scores(
     try:
         with progress_bar(show, "SPEC pass 2/2 (scores)", fingerprints.rows) as bar:
             for bx, by in batches():
-                bx, by = _float64_batch(
+                bx, by = float64_batch(
                     bx, by, device, widths, verifier.second.batches, " (second pass)"
                 )
                 if not verifier.add(bx, by):
                     break  # changed: no need to read on
                 if verifier.second.rows > fingerprints.rows:
                     continue  # more rows than the first pass: only count them
-                parts.append(_joint_features(map_x, map_y, bx, by, eta) @ mode_vectors)
+                parts.append(mapped_joint_features(map_x, map_y, bx, by, eta) @ mode_vectors)
                 bar.update(bx.shape[0])
         failure = None
     except Exception as err:
@@ -643,12 +481,6 @@ def _stream_scores(
     return scores
 
 
-def _joint_features(
-    map_x: nn.Module, map_y: nn.Module, x: Tensor, y: Tensor, eta: float
-) -> Tensor:
-    return joint_features(map_x(x.to(torch.float64)), map_y(y.to(torch.float64)), eta)
-
-
 def _mode_columns(values: Tensor, top_k: int, tolerance: float) -> tuple[Tensor, int]:
     """Indices (into descending `values`) of the top_k positive, then top_k negative modes."""
     positive = (values > tolerance).nonzero().squeeze(1)[:top_k]
@@ -658,79 +490,3 @@ def _mode_columns(values: Tensor, top_k: int, tolerance: float) -> tuple[Tensor,
 
 def _operator_norm(values: Tensor) -> float:
     return max(float(values.max()), -float(values.min()), 0.0)
-
-
-def _pair_batches(
-    x: object, y: object | None, batch_size: int
-) -> tuple[Callable[[], Iterator[tuple[Tensor, Tensor]]], int | None, int | None]:
-    """A function returning a fresh, validated iterator of (x_batch, y_batch) each call.
-
-    Also returns the number of rows and of batches per pass where known (progress totals).
-    """
-    if y is not None:
-        x, y = as_tensor(x, "x"), as_tensor(y, "y")
-        check_pair(x, y)
-        batch_size = check_positive_int(batch_size, "batch_size")
-        n = x.shape[0]
-        return (
-            lambda: (
-                (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)
-            ),
-            n,
-            -(-n // batch_size),
-        )
-    if callable(x):
-        factory = x
-    elif isinstance(x, Iterable) and iter(x) is not x:
-        factory = lambda: x  # noqa: E731 - a re-iterable container or DataLoader
-    elif isinstance(x, Iterable):
-        raise TypeError(
-            "the batch source is a one-shot iterator (e.g. a generator), but SPEC reads it twice; "
-            "pass a list, a DataLoader, or a function that returns a fresh iterator"
-        )
-    else:
-        raise TypeError(
-            "compare() needs x and y arrays, or one source of (x_batch, y_batch) pairs"
-        )
-    rows = getattr(x, "num_samples", None)
-    rows = int(rows) if isinstance(rows, numbers.Integral) and not isinstance(rows, bool) else None
-    try:
-        count = len(x)  # a list or a DataLoader over a sized dataset
-    except TypeError:
-        count = None
-    return (lambda: _validated(factory())), rows, count
-
-
-def _validated(pairs: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
-    empty = True
-    widths = None
-    for i, pair in enumerate(pairs):
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(f"batch {i} of the source is not an (x_batch, y_batch) pair")
-        bx, by = as_tensor(pair[0], f"x batch {i}"), as_tensor(pair[1], f"y batch {i}")
-        check_pair(bx, by)
-        if widths is None:
-            widths = (bx.shape[1], by.shape[1])
-        _check_widths(bx, by, widths, f"batch {i}")
-        empty = False
-        yield bx, by
-    if empty:
-        raise ValueError("the batch source yielded no batches; SPEC needs at least one sample")
-
-
-def _peek_rows(
-    stream: Iterator[tuple[Tensor, Tensor]], rows: int
-) -> tuple[list[tuple[Tensor, Tensor]], Iterator[tuple[Tensor, Tensor]]]:
-    """Read batches until `rows` rows are buffered; return them and the whole stream again."""
-    head, count = [], 0
-    for pair in stream:
-        head.append(pair)
-        count += pair[0].shape[0]
-        if count >= rows:
-            break
-
-    def replay() -> Iterator[tuple[Tensor, Tensor]]:
-        yield from head
-        yield from stream
-
-    return head, replay()
