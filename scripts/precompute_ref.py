@@ -24,7 +24,7 @@ import torch
 
 from spec_align.data.ref_cache import RefCache, compute_ref_cache
 from spec_align.data.shards import expand_shards
-from spec_align.data.wds import ResizeToTensor
+from spec_align.data.transforms import ResizeToTensor
 from spec_align.encoders.hub import WeightsUnavailableError
 
 

@@ -17,15 +17,14 @@ from spec_align.data.shards import (
     shard_sizes,
     write_shards,
 )
+from spec_align.data.transforms import ResizeToTensor, ViewAdapter, images_to_float
 from spec_align.data.wds import (
-    ResizeToTensor,
     SharedEpoch,
     SkipCounter,
     build_eval_pipeline,
     build_train_pipeline,
     collate,
     decode_sample,
-    images_to_float,
 )
 
 __all__ = [
@@ -37,6 +36,7 @@ __all__ = [
     "ShardSet",
     "SharedEpoch",
     "SkipCounter",
+    "ViewAdapter",
     "WdsDataModule",
     "build_eval_pipeline",
     "build_train_pipeline",

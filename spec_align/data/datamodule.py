@@ -14,14 +14,8 @@ from torch.utils.data import DataLoader
 
 from spec_align.data import digits, synthetic, textures
 from spec_align.data.shards import ShardSpec, check_shard_count, expand_shards, read_sizes
-from spec_align.data.wds import (
-    ImageTransform,
-    ResizeToTensor,
-    SharedEpoch,
-    SkipCounter,
-    build_eval_pipeline,
-    build_train_pipeline,
-)
+from spec_align.data.transforms import ImageTransform, ResizeToTensor
+from spec_align.data.wds import SharedEpoch, SkipCounter, build_eval_pipeline, build_train_pipeline
 
 __all__ = ["DATASETS", "DataWaitTimer", "WdsDataModule"]
 

@@ -159,12 +159,8 @@ def compute_ref_cache(
     # Imported here: the pipeline module imports this one for RefCache.
     from spec_align.data._progress import progress
     from spec_align.data.shards import expand_shards, read_sizes
-    from spec_align.data.wds import (
-        ResizeToTensor,
-        SkipCounter,
-        build_eval_pipeline,
-        images_to_float,
-    )
+    from spec_align.data.transforms import ResizeToTensor, images_to_float
+    from spec_align.data.wds import SkipCounter, build_eval_pipeline
 
     urls = expand_shards(shards)
     num_workers = min(num_workers, len(urls))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spec_align.data.wds import ResizeToTensor, build_eval_pipeline
+from spec_align.data import ResizeToTensor, build_eval_pipeline
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 

@@ -29,11 +29,11 @@ from spec_align.data import (
     compute_ref_cache,
     expand_shards,
     images_to_float,
+    tar_reader,
     write_ref_cache,
     write_shards,
 )
-from spec_align.data import wds as wds_module
-from spec_align.data.wds import _tar_members
+from spec_align.data.tar_reader import tar_members
 
 
 def test_default_transform_keeps_uint8_pixels_and_images_to_float_scales_them():
@@ -333,25 +333,25 @@ def test_tar_reader_reads_what_tarfile_reads(monkeypatch, fmt):
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
     assert expected == members
-    assert list(_tar_members(io.BytesIO(data))) == expected
+    assert list(tar_members(io.BytesIO(data))) == expected
     # Members that straddle the reader's chunks, down to chunks smaller than one header.
     for chunk in (512, 700, 1000):
-        monkeypatch.setattr(wds_module, "_CHUNK", chunk)
-        assert list(_tar_members(io.BytesIO(data))) == expected
+        monkeypatch.setattr(tar_reader, "_CHUNK", chunk)
+        assert list(tar_members(io.BytesIO(data))) == expected
 
 
 def test_tar_reader_raises_on_truncation_and_damaged_headers():
     data = _tar_bytes([("a.png", b"x" * 1500), ("a.txt", b"caption")], tarfile.USTAR_FORMAT)
-    assert len(list(_tar_members(io.BytesIO(data)))) == 2
+    assert len(list(tar_members(io.BytesIO(data)))) == 2
     # Cut anywhere before the end-of-archive block: never a silent short read.
     archive_end = data.index(bytes(1024), 2048)
     for cut in range(0, archive_end, 100):
         with pytest.raises(tarfile.ReadError, match="truncated"):
-            list(_tar_members(io.BytesIO(data[:cut])))
+            list(tar_members(io.BytesIO(data[:cut])))
     damaged = bytearray(data)
     damaged[512 + 130] ^= 1  # one bit of the first file's size field
     with pytest.raises(tarfile.ReadError, match="checksum"):
-        list(_tar_members(io.BytesIO(bytes(damaged))))
+        list(tar_members(io.BytesIO(bytes(damaged))))
 
 
 def test_skips_are_counted_across_workers_in_the_datamodule(tmp_path):
