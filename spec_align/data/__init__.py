@@ -1,11 +1,8 @@
 """Data layer: webdataset pipelines, the Lightning datamodule, built-in datasets, ref caches."""
 
-from spec_align.data.ref_cache import (
-    RefCache,
-    RefCacheMissError,
-    compute_ref_cache,
-    write_ref_cache,
-)
+from spec_align.data.embedding_cache import EmbeddingCache, EmbeddingCacheWriter
+from spec_align.data.ref_builder import build_ref_cache, compute_ref_cache
+from spec_align.data.ref_cache import RefCache, RefCacheMissError, write_ref_cache
 from spec_align.data.shards import (
     ShardSet,
     check_shard_count,
@@ -30,6 +27,8 @@ from spec_align.data.wds import (
 __all__ = [
     "DATASETS",
     "DataWaitTimer",
+    "EmbeddingCache",
+    "EmbeddingCacheWriter",
     "RefCache",
     "RefCacheMissError",
     "ResizeToTensor",
@@ -39,6 +38,7 @@ __all__ = [
     "ViewAdapter",
     "WdsDataModule",
     "build_eval_pipeline",
+    "build_ref_cache",
     "build_train_pipeline",
     "check_shard_count",
     "collate",

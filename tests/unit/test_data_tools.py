@@ -109,7 +109,8 @@ class _MeanColour(torch.nn.Module):
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
         self.scale = scale
-        self.eval_transform = ResizeToTensor(8)
+        # What the cache builder's ViewAdapter is made of: 8 px, no normalisation.
+        self.image_size, self.image_mean, self.image_std = 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         mean = images.mean(dim=(2, 3)) * self.scale

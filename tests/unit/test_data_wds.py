@@ -22,8 +22,10 @@ from spec_align.data import (
     RefCacheMissError,
     ResizeToTensor,
     SkipCounter,
+    ViewAdapter,
     WdsDataModule,
     build_eval_pipeline,
+    build_ref_cache,
     build_train_pipeline,
     check_shard_count,
     compute_ref_cache,
@@ -418,6 +420,44 @@ def test_ref_cache_pairs_embeddings_with_samples_by_key(tmp_path, shards):
         from_key = torch.tensor([int(k[1:]) for k in batch["key"]])
         assert torch.equal(batch["ref"][:, 0].long(), from_key)
         assert torch.equal(batch["ref"][:, 0].long(), _index_of(batch["image"]))
+
+
+class _LinearRef(torch.nn.Module):
+    """Toy ImageEncoder: 4 px input with its own normalisation, then a fixed linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_size, self.image_mean, self.image_std = 4, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
+        self.linear = torch.nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(images.flatten(1))
+
+
+def test_built_ref_cache_holds_what_the_live_reference_embeds(tmp_path, shards):
+    torch.manual_seed(0)
+    encoder = _LinearRef()
+    dm = _datamodule(shards)
+    cache = build_ref_cache(
+        shards, encoder, tmp_path / "cache", view=dm.eval_transform, dtype="float32"
+    )
+    assert cache.meta["view"] == "ResizeToTensor(size=8)"
+    # The training module's reference: ref(ViewAdapter.for_encoder(ref)(batch["image"])).
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        live = encoder(ViewAdapter.for_encoder(encoder)(batch["image"]))
+    cached = np.stack([cache[key] for key in batch["key"]])
+    np.testing.assert_allclose(cached, live.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_ref_cache_of_the_keys_json_format_is_still_read(tmp_path):
+    # Written by earlier versions: the keys as one JSON list.
+    np.save(tmp_path / "embeddings.npy", np.eye(2, 3, dtype=np.float16))
+    (tmp_path / "keys.json").write_text('["a", "b"]')
+    (tmp_path / "meta.json").write_text('{"num_samples": 2, "dim": 3, "dtype": "float16"}')
+    cache = RefCache(tmp_path)
+    assert cache.keys() == ["a", "b"] and cache.dim == 3
+    np.testing.assert_array_equal(cache["b"], [0, 1, 0])
 
 
 def test_ref_cache_miss_raises_instead_of_skipping(tmp_path, shards):
