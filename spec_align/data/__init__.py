@@ -55,14 +55,14 @@ __all__ = [
     "write_shards",
 ]
 
-_LAZY = {"DATASETS", "DataWaitTimer", "WdsDataModule"}
+_LAZY = {"DATASETS": "datamodule", "WdsDataModule": "datamodule", "DataWaitTimer": "data_wait"}
 
 
 def __getattr__(name: str) -> object:
-    # The datamodule pulls in Lightning (seconds to import); shard tools and scripts do not
-    # need it, so it is imported on first access.
+    # The datamodule and the callback pull in Lightning (seconds to import); shard tools and
+    # scripts do not need it, so they are imported on first access.
     if name in _LAZY:
-        from spec_align.data import datamodule
+        import importlib
 
-        return getattr(datamodule, name)
+        return getattr(importlib.import_module(f"spec_align.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

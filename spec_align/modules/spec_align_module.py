@@ -15,7 +15,6 @@ from torch.optim import Optimizer
 from torchmetrics import MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from spec_align.data.datamodule import DataWaitTimer
 from spec_align.data.transforms import ViewAdapter
 from spec_align.encoders.base import FrozenEncoder, ImageEncoder
 from spec_align.losses.divergence import (
@@ -137,8 +136,6 @@ class SpecAlignModule(LightningModule):
         if isinstance(task_loss, ClassificationLoss):
             self.val_acc = MulticlassAccuracy(task_loss.num_classes, ignore_index=-1)
         self.val_spec_diff_best = MinMetric()
-        self._wait_timer = DataWaitTimer()
-        self._data_wait = 0.0
         self._probe: dict[str, list[Tensor]] = {}
         self._class_text: Tensor | None = None
         self._warned_upsampling = False
@@ -246,15 +243,6 @@ class SpecAlignModule(LightningModule):
         out["loss"] = loss
         return out
 
-    def on_train_epoch_start(self) -> None:
-        self._wait_timer.start_epoch()
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._data_wait = self._wait_timer.batch_ready()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._wait_timer.batch_done()
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.compute_losses(batch, self.global_step)
         # Before backward: a non-finite loss never reaches the weights. Global-batch values,
@@ -266,10 +254,6 @@ class SpecAlignModule(LightningModule):
             self.log(
                 f"train/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=size
             )
-        # This rank's own wait: averaged over ranks.
-        self.log(
-            "train/data_wait_s", self._data_wait, on_epoch=True, sync_dist=True, batch_size=size
-        )
         # Each rank's loader counts its own shards (whole run so far): the run's total is the sum.
         for name in ("samples_skipped", "shard_errors"):
             self.log(
