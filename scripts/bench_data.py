@@ -33,9 +33,15 @@ import time
 
 from PIL import Image
 
-from spec_align.data import WdsDataModule, digits, expand_shards, synthetic, textures
+from spec_align.data import (
+    ResizeToTensor,
+    WdsDataModule,
+    digits,
+    expand_shards,
+    synthetic,
+    textures,
+)
 from spec_align.data.shards import IMAGE_EXTENSIONS
-from spec_align.data.wds import ResizeToTensor
 
 # (prepare function, image side of the default transform, loader samples per epoch):
 # synthetic and digits are stored at their side (no resize); textures are 250 px JPEGs

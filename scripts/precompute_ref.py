@@ -4,11 +4,14 @@
         --encoder spec_align.encoders.dinov2:DinoV2Encoder \
         --out /data/ref-dinov2 --num-workers 8 --device cuda
 
-`--encoder` is `module:attribute`: an nn.Module instance, or a class or factory that is called
-with `--encoder-kwargs` and returns the encoder (images (B, 3, H, W) -> (B, d)). Its
-`eval_transform` attribute is the preprocessing unless `--transform` names another callable
-(PIL image -> tensor). Train with `data.ref_cache=/data/ref-dinov2`; samples are paired with
-embeddings by key.
+`--encoder` is `module:attribute`: an `ImageEncoder` instance, or a class or factory that is
+called with `--encoder-kwargs` and returns one (images (B, 3, image_size, image_size) -> (B, d),
+with image_size, image_mean and image_std). The cache holds what training with that encoder
+as the live reference would embed (`build_ref_cache`): the data's eval view, resized and
+normalised for the encoder. The view is `ResizeToTensor(--image-size)`, the data configs'
+eval_transform (give their `data.image_size`), unless `--transform` names the callable (PIL
+image -> tensor) that the data config uses instead. Train with `ref=precomputed
+ref.cache_dir=/data/ref-dinov2`; samples are paired with embeddings by key.
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from spec_align.data.ref_cache import RefCache, compute_ref_cache
-from spec_align.data.shards import expand_shards
-from spec_align.data.wds import ResizeToTensor
+from spec_align.data import RefCache, ResizeToTensor, build_ref_cache, expand_shards
 from spec_align.encoders.hub import WeightsUnavailableError
 
 
@@ -56,9 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shards", required=True, help="shard pattern, list with '::', or URLs")
     parser.add_argument("--encoder", required=True, help="module:attribute of the encoder")
     parser.add_argument("--encoder-kwargs", type=json.loads, default=None, help="JSON dict")
-    parser.add_argument("--transform", default=None, help="module:attribute of a transform")
+    parser.add_argument(
+        "--transform", default=None, help="module:attribute of the data's eval_transform"
+    )
     parser.add_argument("--transform-kwargs", type=json.loads, default=None, help="JSON dict")
-    parser.add_argument("--image-size", type=int, default=224, help="default transform's size")
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="data.image_size: side of the default view"
+    )
     parser.add_argument("--out", required=True, help="cache directory")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=4)
@@ -73,14 +78,14 @@ def main(argv: list[str] | None = None) -> RefCache:
     expand_shards(args.shards, check_exists=True)
     encoder = load_encoder(args.encoder, args.encoder_kwargs)
     if args.transform is not None:
-        transform = load_transform(args.transform, args.transform_kwargs)
+        view = load_transform(args.transform, args.transform_kwargs)
     else:
-        transform = getattr(encoder, "eval_transform", None) or ResizeToTensor(args.image_size)
-    cache = compute_ref_cache(
+        view = ResizeToTensor(args.image_size)
+    cache = build_ref_cache(
         args.shards,
         encoder,
         args.out,
-        transform=transform,
+        view=view,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         device=args.device,

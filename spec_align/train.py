@@ -6,9 +6,7 @@ keyword arguments through `hydra.utils.instantiate`.
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import nn
 
 from spec_align.data.shards import check_shard_count, expand_shards
 from spec_align.encoders.hub import WeightsUnavailableError
@@ -228,37 +225,29 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def _ensure_ref_cache(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
     """Build the reference cache of `ref.builder` over the data once, if it does not exist.
 
-    The builder embeds exactly what the module's reference would: the datamodule's eval view
-    through the same `ViewAdapter` (resize + the builder's normalisation).
+    With `build_ref_cache`, which embeds exactly what the module's reference would: the
+    datamodule's eval view through the builder's `ViewAdapter`.
     """
-    from spec_align.data.ref_cache import compute_ref_cache
-    from spec_align.encoders.base import FrozenEncoder
-    from spec_align.modules import ViewAdapter
+    from spec_align.data import RefCache, build_ref_cache
 
     builder_cfg, cache_dir = cfg.ref.get("builder"), cfg.ref.get("cache_dir")
-    if builder_cfg is None or cache_dir is None or (Path(cache_dir) / "keys.json").exists():
+    if builder_cfg is None or cache_dir is None or RefCache.is_complete(cache_dir):
         return
     if rank_zero_only.rank != 0:
         raise ConfigError(f"reference cache {cache_dir} is missing on rank {rank_zero_only.rank}")
     builder = instantiate(builder_cfg)
-    network = nn.Sequential(ViewAdapter.for_encoder(builder), FrozenEncoder(builder))
     datamodule.prepare_data()
     datamodule.setup("fit")
     urls = datamodule.train_urls + datamodule.val_urls
     log.info("building reference cache %s over %d shards", cache_dir, len(urls))
-    # Written beside the target and renamed: an interrupted build leaves no partial cache.
-    tmp = f"{cache_dir}.tmp-{os.getpid()}"
-    try:
-        compute_ref_cache(
-            urls,
-            network,
-            tmp,
-            transform=datamodule.eval_transform,
-            meta={"builder": OmegaConf.to_container(builder_cfg, resolve=True)},
-        )
-        os.replace(tmp, cache_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Written beside the target and renamed by the cache writer: no partial cache is left.
+    build_ref_cache(
+        urls,
+        builder,
+        cache_dir,
+        view=datamodule.eval_transform,
+        meta={"builder": OmegaConf.to_container(builder_cfg, resolve=True)},
+    )
 
 
 def _wandb_overrides(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from spec_align.callbacks.render import (
     tracks_plot,
 )
 from spec_align.callbacks.tracking import ModeTracker
-from spec_align.data.wds import images_to_float
+from spec_align.data import images_to_float
 from spec_align.losses.divergence import check_finite_embeddings
 from spec_align.spec import SpecResult, compare, estimate_sigma
 from spec_align.utils.distributed import gather_chunks, world_size

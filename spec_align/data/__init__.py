@@ -1,11 +1,8 @@
 """Data layer: webdataset pipelines, the Lightning datamodule, built-in datasets, ref caches."""
 
-from spec_align.data.ref_cache import (
-    RefCache,
-    RefCacheMissError,
-    compute_ref_cache,
-    write_ref_cache,
-)
+from spec_align.data.embedding_cache import EmbeddingCache, EmbeddingCacheWriter
+from spec_align.data.ref_builder import build_ref_cache, compute_ref_cache
+from spec_align.data.ref_cache import RefCache, RefCacheMissError, write_ref_cache
 from spec_align.data.shards import (
     ShardSet,
     check_shard_count,
@@ -17,28 +14,31 @@ from spec_align.data.shards import (
     shard_sizes,
     write_shards,
 )
+from spec_align.data.transforms import ResizeToTensor, ViewAdapter, images_to_float
 from spec_align.data.wds import (
-    ResizeToTensor,
     SharedEpoch,
     SkipCounter,
     build_eval_pipeline,
     build_train_pipeline,
     collate,
     decode_sample,
-    images_to_float,
 )
 
 __all__ = [
     "DATASETS",
     "DataWaitTimer",
+    "EmbeddingCache",
+    "EmbeddingCacheWriter",
     "RefCache",
     "RefCacheMissError",
     "ResizeToTensor",
     "ShardSet",
     "SharedEpoch",
     "SkipCounter",
+    "ViewAdapter",
     "WdsDataModule",
     "build_eval_pipeline",
+    "build_ref_cache",
     "build_train_pipeline",
     "check_shard_count",
     "collate",
@@ -55,14 +55,14 @@ __all__ = [
     "write_shards",
 ]
 
-_LAZY = {"DATASETS", "DataWaitTimer", "WdsDataModule"}
+_LAZY = {"DATASETS": "datamodule", "WdsDataModule": "datamodule", "DataWaitTimer": "data_wait"}
 
 
 def __getattr__(name: str) -> object:
-    # The datamodule pulls in Lightning (seconds to import); shard tools and scripts do not
-    # need it, so it is imported on first access.
+    # The datamodule and the callback pull in Lightning (seconds to import); shard tools and
+    # scripts do not need it, so they are imported on first access.
     if name in _LAZY:
-        from spec_align.data import datamodule
+        import importlib
 
-        return getattr(datamodule, name)
+        return getattr(importlib.import_module(f"spec_align.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

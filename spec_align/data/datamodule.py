@@ -1,10 +1,9 @@
-"""LightningDataModule over webdataset shards, and a timer for the time spent waiting on data."""
+"""LightningDataModule over webdataset shards."""
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,16 +13,10 @@ from torch.utils.data import DataLoader
 
 from spec_align.data import digits, synthetic, textures
 from spec_align.data.shards import ShardSpec, check_shard_count, expand_shards, read_sizes
-from spec_align.data.wds import (
-    ImageTransform,
-    ResizeToTensor,
-    SharedEpoch,
-    SkipCounter,
-    build_eval_pipeline,
-    build_train_pipeline,
-)
+from spec_align.data.transforms import ImageTransform, ResizeToTensor
+from spec_align.data.wds import SharedEpoch, SkipCounter, build_eval_pipeline, build_train_pipeline
 
-__all__ = ["DATASETS", "DataWaitTimer", "WdsDataModule"]
+__all__ = ["DATASETS", "WdsDataModule"]
 
 # Built-in datasets: name -> prepare(data_dir) returning shard patterns (see each module).
 DATASETS: dict[str, Callable[..., dict]] = {
@@ -76,7 +69,7 @@ class WdsDataModule(LightningDataModule):
         shard_errors: long scalar, shard reads that failed so far on the same loader (with
             resampling, one shard can fail on each read). Both also in `skip_counts`.
 
-    Data-wait time is measured by the training module (see `DataWaitTimer`).
+    Data-wait time is logged by the `DataWaitTimer` callback.
 
     Args:
         train_shards: shard spec of the training split (None: from `dataset`).
@@ -272,26 +265,3 @@ class WdsDataModule(LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._epochs_started = int(state_dict["epochs_started"])
-
-
-class DataWaitTimer:
-    """Seconds the training loop waits for each batch (log e.g. as `train/data_wait_s`).
-
-    Call `start_epoch()` in `on_train_epoch_start`, `batch_ready()` first thing in
-    `on_train_batch_start` (returns the wait) and `batch_done()` in `on_train_batch_end`. The
-    gap between the end of one step and the start of the next is where Lightning fetches the
-    next batch, so it is data-wait time plus a little loop bookkeeping; the first batch of an
-    epoch includes worker start-up.
-    """
-
-    def __init__(self) -> None:
-        self._mark = time.perf_counter()
-
-    def start_epoch(self) -> None:
-        self._mark = time.perf_counter()
-
-    def batch_ready(self) -> float:
-        return time.perf_counter() - self._mark
-
-    def batch_done(self) -> None:
-        self._mark = time.perf_counter()

@@ -23,86 +23,31 @@ import logging
 import math
 import multiprocessing as mp
 import random
-import tarfile
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
-from torch import Tensor
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
-from webdataset.gopen import gopen
 from webdataset.utils import make_seed
 
 from spec_align.data.ref_cache import RefCache, RefCacheMissError
 from spec_align.data.shards import IMAGE_EXTENSIONS, ShardSpec, expand_shards, shard_sizes
+from spec_align.data.tar_reader import tar_samples
+from spec_align.data.transforms import ImageTransform
 
 __all__ = [
-    "ImageTransform",
-    "ResizeToTensor",
     "SharedEpoch",
     "SkipCounter",
     "build_eval_pipeline",
     "build_train_pipeline",
     "collate",
     "decode_sample",
-    "images_to_float",
 ]
 
 log = logging.getLogger(__name__)
-
-ImageTransform = Callable[[Image.Image], Tensor]
-
-
-class ResizeToTensor:
-    """Default transform: RGB, bilinear antialiased resize to a square, uint8 tensor.
-
-    Images stay uint8 until they reach the device, where `images_to_float` scales them to
-    [0, 1]: a quarter of the bytes through worker queues, pinned memory and host-to-device
-    copies, and one vectorised conversion per batch instead of one per sample.
-
-    The resize runs in torch's uint8 kernel on the channels-last pixels, which is within one
-    grey level of PIL's bilinear resize and about twice as fast (250 to 224 px on one core:
-    0.38 ms against 0.83 ms; decoding the 250 px JPEG takes about 0.4 ms).
-
-    Shapes:
-        PIL image -> uint8 (3, size, size)
-    """
-
-    def __init__(self, size: int = 32) -> None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        self.size = size
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.size == (self.size, self.size):
-            # HWC -> CHW copied here: contiguous samples make batch stacking a plain memcpy.
-            return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
-        channels_last = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
-        resized = F.interpolate(
-            channels_last, size=(self.size, self.size), mode="bilinear", antialias=True
-        )
-        return resized[0].contiguous()
-
-    def __repr__(self) -> str:
-        return f"ResizeToTensor(size={self.size})"
-
-
-def images_to_float(images: Tensor) -> Tensor:
-    """uint8 images in [0, 255] -> float32 in [0, 1] (same device); other dtypes unchanged.
-
-    Shapes:
-        (..., 3, H, W) -> (..., 3, H, W)
-    """
-    if images.dtype == torch.uint8:
-        return images.float().div_(255)
-    return images
 
 
 class SharedEpoch:
@@ -385,97 +330,13 @@ class _Pipeline(wds.DataPipeline):
         return self.num_batches
 
 
-_BLOCK = 512
-_END_OF_ARCHIVE = bytes(_BLOCK)
-# Bytes read from the stream at a time: a few syscalls per shard instead of three per member.
-_CHUNK = 1 << 20
-
-
-def _octal(field: bytes) -> int:
-    if field[0] & 0x80:  # GNU base-256 encoding of large sizes
-        return int.from_bytes(field[1:], "big")
-    field = field.split(b"\0", 1)[0].strip()
-    return int(field, 8) if field else 0
-
-
-def _checksum_ok(header: bytes) -> bool:
-    """The header's checksum: its byte sum with the checksum field read as 8 spaces.
-
-    Summed in C: the low 16 bits of Adler-32 are 1 + (byte sum mod 65521), so a damaged
-    header passes only if its sum is off by an exact multiple of 65521 (a Python `sum` over
-    the 512 bytes cost more than the rest of the header parsing).
-    """
-    byte_sum = (zlib.adler32(header) & 0xFFFF) - 1
-    expected = byte_sum - sum(header[148:156]) + 8 * 32
-    return (expected - _octal(header[148:156])) % 65521 == 0
-
-
-def _tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of the regular files of a tar stream (ustar, GNU and pax headers).
-
-    A lean reader instead of `tarfile`, whose per-header Python parsing costs more than
-    decoding a small image: the stream is read in large chunks and parsed in memory. Unlike
-    tarfile (and so webdataset), it raises on a stream that ends without the end-of-archive
-    block or inside a member, so truncation is never silent.
-    """
-    buffer, pos = b"", 0
-    long_name: str | None = None
-    while True:
-        if len(buffer) - pos < _BLOCK:
-            buffer, pos = buffer[pos:] + stream.read(_CHUNK), 0
-            if not buffer:
-                raise tarfile.ReadError("truncated tar file: no end-of-archive block")
-            if len(buffer) < _BLOCK:
-                raise tarfile.ReadError(f"truncated tar file: header of {len(buffer)} bytes")
-        header = buffer[pos : pos + _BLOCK]
-        if header == _END_OF_ARCHIVE:
-            return
-        if not _checksum_ok(header):
-            raise tarfile.ReadError("invalid tar header (checksum mismatch)")
-        size = _octal(header[124:136])
-        start = pos + _BLOCK
-        pos = start + size + (-size % _BLOCK)  # data, then padding to the next block
-        if pos > len(buffer):
-            missing = pos - len(buffer)
-            buffer = buffer[start:] + stream.read(max(_CHUNK, missing))
-            start, pos = 0, pos - start
-            if pos > len(buffer):
-                raise tarfile.ReadError(f"truncated tar file: a member of {size} bytes is cut off")
-        data = buffer[start : start + size]
-        kind = header[156:157]
-        if kind in (b"L", b"x"):
-            # GNU long name, or pax header whose `path` record names the next member.
-            if kind == b"L":
-                long_name = data.split(b"\0", 1)[0].decode("utf-8")
-            else:
-                for record in data.decode("utf-8").splitlines():
-                    key, _, value = record.partition(" ")[2].partition("=")
-                    if key == "path":
-                        long_name = value
-            continue
-        if kind not in (b"0", b"\0"):
-            long_name = None  # directories, links, global headers carry no sample data
-            continue
-        name = long_name
-        if name is None:
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
-            if header[345] and header[257:263] == b"ustar\0":  # POSIX name prefix
-                name = header[345:500].split(b"\0", 1)[0].decode("utf-8") + "/" + name
-        long_name = None
-        yield name, data
-
-
 class _TarSamples:
     """dict(url=...) stream -> raw samples (dict of extension -> bytes) grouped by key.
 
-    Replaces webdataset's tar expansion because that one accepts a truncated member as a
-    short read and a cut-off header as the end: a shard cut off mid-file would silently yield
-    a sample with damaged or missing fields. Here any read error drops the sample being
-    assembled and the rest of the shard, reported once through `counter.shard_failed` with
-    the samples lost: the shard's count in `sizes` minus the samples this read yielded.
-
-    Member names follow webdataset: "<dir/>key.ext.ext2" is field "ext.ext2" (lower case) of
-    sample "<dir/>key", the key ending at the first dot of the base name.
+    Read with `tar_samples` (not webdataset's tar expansion: see `spec_align.data.tar_reader`).
+    Any read error drops the sample being assembled and the rest of the shard, reported once
+    through `counter.shard_failed` with the samples lost: the shard's count in `sizes` minus
+    the samples this read yielded.
     """
 
     def __init__(self, counter: SkipCounter, sizes: dict[str, int]) -> None:
@@ -486,7 +347,7 @@ class _TarSamples:
             url = source["url"]
             yielded = 0
             try:
-                for sample in self._read(url):
+                for sample in tar_samples(url):
                     yield sample
                     yielded += 1
             except Exception as exn:
@@ -495,26 +356,6 @@ class _TarSamples:
                 lost = None if expected is None else max(expected - yielded, 0)
                 if not self.counter.shard_failed(exn, lost):
                     return
-
-    @staticmethod
-    def _read(url: str) -> Iterator[dict]:
-        with gopen(url) as stream:
-            current: dict | None = None
-            for name, data in _tar_members(stream):
-                base = name.rfind("/") + 1
-                dot = name.find(".", base)
-                if dot <= base or name.startswith("__"):
-                    continue  # no extension, a hidden file, or webdataset metadata
-                key, ext = name[:dot], name[dot + 1 :].lower()
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key, "__url__": url}
-                if ext in current:
-                    raise ValueError(f"{name}: duplicate file in sample {key!r}")
-                current[ext] = data
-            if current is not None:
-                yield current
 
 
 def _sample_stages(

@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 from torchmetrics import MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from spec_align.data.datamodule import DataWaitTimer
-from spec_align.data.wds import images_to_float
+from spec_align.data.transforms import ViewAdapter
 from spec_align.encoders.base import FrozenEncoder, ImageEncoder
 from spec_align.losses.divergence import (
     check_finite_embeddings,
@@ -34,54 +33,9 @@ from spec_align.utils.distributed import (
     world_size,
 )
 
-__all__ = ["SpecAlignModule", "ViewAdapter"]
+__all__ = ["SpecAlignModule"]
 
 REF_PREFIX = "ref."  # state-dict prefix of the frozen reference, never written to checkpoints
-
-
-class ViewAdapter(nn.Module):
-    """Turns the batch's images into one encoder's input: scale to [0, 1], resize, normalise.
-
-    The data pipeline produces a single view per sample (one crop, uint8 or [0, 1]); each
-    encoder gets that same view at its own resolution and normalisation, so the trainable
-    encoder and the reference always embed the same pixels (docs/math.md section 10.2, item 2).
-
-    Args:
-        image_size: the encoder's input side in pixels.
-        mean: per-channel mean the encoder expects subtracted.
-        std: per-channel std the encoder expects divided by.
-
-    Shapes:
-        forward: (B, 3, H, W) uint8, or float in [0, 1] -> (B, 3, image_size, image_size)
-    """
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.image_size = int(image_size)
-        # Not persistent: they follow from the encoder, which is rebuilt from the config.
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    @classmethod
-    def for_encoder(cls, encoder: ImageEncoder) -> ViewAdapter:
-        """The adapter matching an encoder's image_size, image_mean and image_std."""
-        return cls(encoder.image_size, encoder.image_mean, encoder.image_std)
-
-    def forward(self, images: Tensor) -> Tensor:
-        images = images_to_float(images)  # on the device: batches travel as uint8
-        size = (self.image_size, self.image_size)
-        if images.shape[-2:] != size:
-            # antialias: downscaling without it aliases fine textures, which a reference sees.
-            images = F.interpolate(
-                images, size=size, mode="bilinear", align_corners=False, antialias=True
-            )
-        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-
-    def extra_repr(self) -> str:
-        return f"image_size={self.image_size}"
 
 
 class SpecAlignModule(LightningModule):
@@ -182,8 +136,6 @@ class SpecAlignModule(LightningModule):
         if isinstance(task_loss, ClassificationLoss):
             self.val_acc = MulticlassAccuracy(task_loss.num_classes, ignore_index=-1)
         self.val_spec_diff_best = MinMetric()
-        self._wait_timer = DataWaitTimer()
-        self._data_wait = 0.0
         self._probe: dict[str, list[Tensor]] = {}
         self._class_text: Tensor | None = None
         self._warned_upsampling = False
@@ -291,15 +243,6 @@ class SpecAlignModule(LightningModule):
         out["loss"] = loss
         return out
 
-    def on_train_epoch_start(self) -> None:
-        self._wait_timer.start_epoch()
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._data_wait = self._wait_timer.batch_ready()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._wait_timer.batch_done()
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.compute_losses(batch, self.global_step)
         # Before backward: a non-finite loss never reaches the weights. Global-batch values,
@@ -311,10 +254,6 @@ class SpecAlignModule(LightningModule):
             self.log(
                 f"train/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=size
             )
-        # This rank's own wait: averaged over ranks.
-        self.log(
-            "train/data_wait_s", self._data_wait, on_epoch=True, sync_dist=True, batch_size=size
-        )
         # Each rank's loader counts its own shards (whole run so far): the run's total is the sum.
         for name in ("samples_skipped", "shard_errors"):
             self.log(

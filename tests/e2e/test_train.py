@@ -82,7 +82,7 @@ def test_building_the_reference_cache_does_not_change_the_model_init(compose_tra
     cache = Path(cfg.ref.cache_dir)
     assert not cache.exists()
     _, built = run(cfg)  # builds the cache
-    assert (cache / "keys.json").is_file()
+    assert (cache / "keys.jsonl").is_file()
     _, read = run(cfg)  # reads it
     first, second = built["model"].state_dict(), read["model"].state_dict()
     # Bitwise equal; the bandwidth buffers are still NaN (fixed later, from data).

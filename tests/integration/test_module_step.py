@@ -10,9 +10,10 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch import Trainer
 
+from spec_align.data import ViewAdapter
 from spec_align.encoders import TINY_CLIP, ClipEncoder, FrozenEncoder
 from spec_align.losses import ContrastiveLoss, DivergenceError, NoTaskLoss, SpectralPenalty
-from spec_align.modules import SpecAlignModule, ViewAdapter
+from spec_align.modules import SpecAlignModule
 
 BATCH = 16
 

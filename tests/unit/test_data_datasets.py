@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from spec_align import compare
-from spec_align.data import digits, expand_shards, synthetic, textures
-from spec_align.data.wds import ResizeToTensor, build_eval_pipeline
+from spec_align.data import (
+    ResizeToTensor,
+    build_eval_pipeline,
+    digits,
+    expand_shards,
+    synthetic,
+    textures,
+)
 
 SMALL = dict(num_train=600, num_val=64, image_size=32, samples_per_shard=100)
 

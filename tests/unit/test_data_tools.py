@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spec_align.data.wds import ResizeToTensor, build_eval_pipeline
+from spec_align.data import ResizeToTensor, build_eval_pipeline
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -109,7 +109,8 @@ class _MeanColour(torch.nn.Module):
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
         self.scale = scale
-        self.eval_transform = ResizeToTensor(8)
+        # What the cache builder's ViewAdapter is made of: 8 px, no normalisation.
+        self.image_size, self.image_mean, self.image_std = 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         mean = images.mean(dim=(2, 3)) * self.scale

@@ -22,18 +22,20 @@ from spec_align.data import (
     RefCacheMissError,
     ResizeToTensor,
     SkipCounter,
+    ViewAdapter,
     WdsDataModule,
     build_eval_pipeline,
+    build_ref_cache,
     build_train_pipeline,
     check_shard_count,
     compute_ref_cache,
     expand_shards,
     images_to_float,
+    tar_reader,
     write_ref_cache,
     write_shards,
 )
-from spec_align.data import wds as wds_module
-from spec_align.data.wds import _tar_members
+from spec_align.data.tar_reader import tar_members
 
 
 def test_default_transform_keeps_uint8_pixels_and_images_to_float_scales_them():
@@ -333,25 +335,25 @@ def test_tar_reader_reads_what_tarfile_reads(monkeypatch, fmt):
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
     assert expected == members
-    assert list(_tar_members(io.BytesIO(data))) == expected
+    assert list(tar_members(io.BytesIO(data))) == expected
     # Members that straddle the reader's chunks, down to chunks smaller than one header.
     for chunk in (512, 700, 1000):
-        monkeypatch.setattr(wds_module, "_CHUNK", chunk)
-        assert list(_tar_members(io.BytesIO(data))) == expected
+        monkeypatch.setattr(tar_reader, "_CHUNK", chunk)
+        assert list(tar_members(io.BytesIO(data))) == expected
 
 
 def test_tar_reader_raises_on_truncation_and_damaged_headers():
     data = _tar_bytes([("a.png", b"x" * 1500), ("a.txt", b"caption")], tarfile.USTAR_FORMAT)
-    assert len(list(_tar_members(io.BytesIO(data)))) == 2
+    assert len(list(tar_members(io.BytesIO(data)))) == 2
     # Cut anywhere before the end-of-archive block: never a silent short read.
     archive_end = data.index(bytes(1024), 2048)
     for cut in range(0, archive_end, 100):
         with pytest.raises(tarfile.ReadError, match="truncated"):
-            list(_tar_members(io.BytesIO(data[:cut])))
+            list(tar_members(io.BytesIO(data[:cut])))
     damaged = bytearray(data)
     damaged[512 + 130] ^= 1  # one bit of the first file's size field
     with pytest.raises(tarfile.ReadError, match="checksum"):
-        list(_tar_members(io.BytesIO(bytes(damaged))))
+        list(tar_members(io.BytesIO(bytes(damaged))))
 
 
 def test_skips_are_counted_across_workers_in_the_datamodule(tmp_path):
@@ -418,6 +420,44 @@ def test_ref_cache_pairs_embeddings_with_samples_by_key(tmp_path, shards):
         from_key = torch.tensor([int(k[1:]) for k in batch["key"]])
         assert torch.equal(batch["ref"][:, 0].long(), from_key)
         assert torch.equal(batch["ref"][:, 0].long(), _index_of(batch["image"]))
+
+
+class _LinearRef(torch.nn.Module):
+    """Toy ImageEncoder: 4 px input with its own normalisation, then a fixed linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_size, self.image_mean, self.image_std = 4, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
+        self.linear = torch.nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(images.flatten(1))
+
+
+def test_built_ref_cache_holds_what_the_live_reference_embeds(tmp_path, shards):
+    torch.manual_seed(0)
+    encoder = _LinearRef()
+    dm = _datamodule(shards)
+    cache = build_ref_cache(
+        shards, encoder, tmp_path / "cache", view=dm.eval_transform, dtype="float32"
+    )
+    assert cache.meta["view"] == "ResizeToTensor(size=8)"
+    # The training module's reference: ref(ViewAdapter.for_encoder(ref)(batch["image"])).
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        live = encoder(ViewAdapter.for_encoder(encoder)(batch["image"]))
+    cached = np.stack([cache[key] for key in batch["key"]])
+    np.testing.assert_allclose(cached, live.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_ref_cache_of_the_keys_json_format_is_still_read(tmp_path):
+    # Written by earlier versions: the keys as one JSON list.
+    np.save(tmp_path / "embeddings.npy", np.eye(2, 3, dtype=np.float16))
+    (tmp_path / "keys.json").write_text('["a", "b"]')
+    (tmp_path / "meta.json").write_text('{"num_samples": 2, "dim": 3, "dtype": "float16"}')
+    cache = RefCache(tmp_path)
+    assert cache.keys() == ["a", "b"] and cache.dim == 3
+    np.testing.assert_array_equal(cache["b"], [0, 1, 0])
 
 
 def test_ref_cache_miss_raises_instead_of_skipping(tmp_path, shards):
