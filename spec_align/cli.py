@@ -21,6 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from spec_align.spec.validation import KERNELS
+
 __all__ = ["build_parser", "main"]
 
 _PROG = "spec-compare"
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare two embeddings of the same samples with SPEC: which sample "
         "clusters does A form that B does not (positive modes), and the reverse (negative).",
     )
+    # The user's A and B (flags and their namespace fields) are the library's x and y.
     parser.add_argument("a", help="embedding A: .npy, .npz or .pt, (n, d_a); never unpickled")
     parser.add_argument("b", help="embedding B of the same n samples in the same row order")
     parser.add_argument("--a-key", help="array name inside A's .npz / .pt dict")
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="no progress bars on stderr",
     )
     spec = parser.add_argument_group("SPEC")
-    spec.add_argument("--kernel", choices=("gaussian", "cosine"), default="gaussian")
+    spec.add_argument("--kernel", choices=KERNELS, default="gaussian")
     spec.add_argument("--sigma-a", type=_sigma, default="auto", help="float or auto")
     spec.add_argument("--sigma-b", type=_sigma, default="auto", help="float or auto")
     spec.add_argument("--eta", type=float, default=1.0, help="weight of B's kernel")
@@ -146,10 +149,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ReportDirError(problem)
         if args.samples_per_mode < 1:
             raise ValueError(f"--samples-per-mode must be >= 1, got {args.samples_per_mode}")
-        a = load_embedding(args.a, args.a_key)
-        b = load_embedding(args.b, args.b_key)
+        x = load_embedding(args.a, args.a_key)
+        y = load_embedding(args.b, args.b_key)
         names = tuple(args.names or _default_names(args))
-        n = a.shape[0]
+        n = x.shape[0]
         sidecars = {
             name: load_list(path, n, name.replace("_", " "))
             for name, path in (
@@ -170,11 +173,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.class_names:
             class_names = Path(args.class_names).read_text(encoding="utf-8").splitlines()
         result = compare_embeddings(
-            a,
-            b,
+            x,
+            y,
             kernel=args.kernel,
-            sigma_a=args.sigma_a,
-            sigma_b=args.sigma_b,
+            sigma_x=args.sigma_a,
+            sigma_y=args.sigma_b,
             eta=args.eta,
             rff_dim=args.rff_dim,
             top_k=args.top_k,
@@ -186,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
         if not writer:
             return 0
         print(result, flush=True)  # the result is out even if writing the report fails
+        # Keyed by the positional arguments' names, as the user typed them.
         provenance = {"a": os.path.abspath(args.a), "b": os.path.abspath(args.b)}
         try:
             check_report_dir(out, overwrite=args.overwrite)  # nothing appeared meanwhile
@@ -222,9 +226,9 @@ def _as_int(label: object) -> object:
 
 
 def _default_names(args: argparse.Namespace) -> tuple[str, str]:
-    a = args.a_key or Path(args.a).stem
-    b = args.b_key or Path(args.b).stem
-    return (a, b) if a != b else (f"{a} (A)", f"{b} (B)")
+    x = args.a_key or Path(args.a).stem
+    y = args.b_key or Path(args.b).stem
+    return (x, y) if x != y else (f"{x} (A)", f"{y} (B)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,6 @@
 
 from spec_align.callbacks.checkpoint import LastCheckpoint
 from spec_align.callbacks.clusters import ClusterLogCallback
-from spec_align.callbacks.tracking import ModeTracker
+from spec_align.callbacks.mode_tracking import ModeTracker
 
 __all__ = ["ClusterLogCallback", "LastCheckpoint", "ModeTracker"]

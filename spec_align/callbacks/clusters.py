@@ -3,40 +3,45 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from typing_extensions import override
 
-from spec_align.callbacks.render import (
+from spec_align.callbacks.mode_tracking import ModeTracker
+from spec_align.callbacks.probe import Probe, embed_probe, read_probe
+from spec_align.explain.figures import (
     embedding_maps,
-    mode_grid,
+    image_grid,
     project_2d,
     save_png,
     spectrum_plot,
     thumbnail_strip,
     tracks_plot,
 )
-from spec_align.callbacks.tracking import ModeTracker
-from spec_align.data import images_to_float
+from spec_align.explain.modes import (
+    class_name,
+    dominant_attribute,
+    label_purity,
+    labelled_share,
+    mode_records,
+)
 from spec_align.losses.divergence import check_finite_embeddings
 from spec_align.spec import SpecResult, compare, estimate_sigma
-from spec_align.utils.distributed import gather_chunks, world_size
+from spec_align.spec.validation import KERNELS
 
-__all__ = ["DIRECTIONS", "ClusterLogCallback", "dominant_attribute", "label_purity"]
+__all__ = ["DIRECTIONS", "ClusterLogCallback"]
 
 # Key segment of each sign of the spectrum of (K_encoder - eta * K_reference).
 DIRECTIONS = ("enc_minus_ref", "ref_minus_enc")
@@ -45,6 +50,7 @@ _DIRECTION_LABELS = (
     "reference - encoder (clusters only the reference forms)",
 )
 _TABLE_THUMBNAILS = 8  # samples per table row: enough to see the cluster, small to upload
+_GRID_COLUMNS = 4  # tiles per row of a mode's grid (grid_samples=16: four by four)
 
 
 class ClusterLogCallback(Callback):
@@ -81,7 +87,8 @@ class ClusterLogCallback(Callback):
       coloured by mode membership.
     - `clusters/modes`: table with one row per mode: step, direction, rank, tracked_id,
       eigenvalue, dominant (most enriched metadata value among the members), purity (its
-      share), label and label_purity (most common label among members and its share),
+      share), label and label_purity (most common label among the labelled members and its
+      share of them, as in the report), labelled (share of members with a label),
       thumbnails (top samples as one strip), captions.
 
     Written under `dirpath` on rank zero (readable without W&B):
@@ -156,8 +163,8 @@ class ClusterLogCallback(Callback):
             raise ValueError(f"grid_modes must be in [0, top_k={top_k}], got {grid_modes}")
         if probe_size < 2 * top_k:
             raise ValueError(f"probe_size={probe_size} must be at least 2 * top_k={2 * top_k}")
-        if kernel not in ("gaussian", "cosine"):
-            raise ValueError(f"kernel must be 'gaussian' or 'cosine', got {kernel!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         if map_method not in ("pca", "tsne"):
             raise ValueError(f"map_method must be 'pca' or 'tsne', got {map_method!r}")
         self.every_n_steps = every_n_steps
@@ -182,11 +189,12 @@ class ClusterLogCallback(Callback):
         self.history: list[dict[str, Any]] = []
         self._sigmas: tuple[float, float] | None = None
         self._last_step: int | None = None
-        self._probe: dict[str, Any] | None = None
+        self._probe: Probe | None = None
         self._enabled = True
 
     # ------------------------------------------------------------------------------- hooks
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not callable(getattr(pl_module, "reference", None)):
             raise TypeError(
@@ -200,10 +208,12 @@ class ClusterLogCallback(Callback):
         if self.dirpath is None:
             self.dirpath = Path(trainer.default_root_dir) / "clusters"
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.at_start:
             self._evaluate(trainer, pl_module)
 
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
@@ -211,11 +221,13 @@ class ClusterLogCallback(Callback):
         if self.every_n_steps is not None and step > 0 and step % self.every_n_steps == 0:
             self._evaluate(trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         every = self.every_n_epochs
         if every is not None and (trainer.current_epoch + 1) % every == 0:
             self._evaluate(trainer, pl_module)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """Tracked ids, fixed bandwidths and the per-evaluation history (resume continues)."""
         return {
@@ -225,6 +237,7 @@ class ClusterLogCallback(Callback):
             "last_step": self._last_step,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tracker.load_state_dict(state_dict["tracker"])
         self.history = list(state_dict["history"])
@@ -255,69 +268,31 @@ class ClusterLogCallback(Callback):
             if trainer.is_global_zero:
                 self._analyse(trainer, encoder, reference, step)
 
-    def _read_probe(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-        """This rank's share of the first `probe_size` validation samples, plus the global
-        thumbnails, captions, labels, keys and metadata (gathered: a collective)."""
+    def _read_probe(self, trainer: Trainer, pl_module: LightningModule) -> Probe:
         source = trainer.datamodule if trainer.datamodule is not None else pl_module
         loader = source.val_dataloader()
         if isinstance(loader, list | tuple):
             loader = loader[0] if loader else None
         if loader is None:
             raise ValueError("ClusterLogCallback needs validation data for its probe set")
-        share = math.ceil(self.probe_size / world_size())
-        batches, thumbnails, info, count = [], [], [], 0
-        for batch in loader:
-            rows = min(share - count, batch["image"].shape[0])
-            item = {"image": batch["image"][:rows].cpu()}
-            if "ref" in batch:
-                item["ref"] = batch["ref"][:rows].cpu()
-            batches.append(item)
-            thumbnails.append(_thumbnails(item["image"], self.thumbnail_size))
-            for i in range(rows):
-                info.append({k: _row(batch.get(k), i) for k in ("text", "label", "key", "meta")})
-            count += rows
-            if count >= share:
-                break
-        # A rank whose share of the validation stream is empty still joins the gathers.
-        device = pl_module.device
-        local = [t.to(device) for t in thumbnails]
-        everything = gather_chunks(local, 4, torch.uint8, device).cpu()[: self.probe_size]
-        info = _gather_objects(info)[: self.probe_size]
-        if len(info) < 2 * self.top_k:
+        probe = read_probe(
+            loader,
+            self.probe_size,
+            thumbnail_size=self.thumbnail_size,
+            device=pl_module.device,
+            class_names=getattr(pl_module, "class_names", None),
+        )
+        if len(probe) < 2 * self.top_k:
             raise ValueError(
-                f"the probe set has {len(info)} samples; ClusterLogCallback needs at least "
+                f"the probe set has {len(probe)} samples; ClusterLogCallback needs at least "
                 f"2 * top_k = {2 * self.top_k} validation samples"
             )
-        class_names = getattr(pl_module, "class_names", None)
-        labels = np.array([-1 if r["label"] is None else int(r["label"]) for r in info])
-        return {
-            "batches": batches,
-            "thumbnails": everything.permute(0, 2, 3, 1).numpy(),
-            "captions": [_caption(r, class_names) for r in info],
-            "labels": labels,
-            "class_names": class_names,
-            "keys": [
-                str(r["key"]) if r["key"] is not None else str(i) for i, r in enumerate(info)
-            ],
-            "meta": [r["meta"] if isinstance(r["meta"], dict) else None for r in info],
-        }
+        return probe
 
     def _embed(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Tensor, Tensor]:
-        """Both embeddings of the whole probe, (n, D) and (n, D_ref) float32 on every rank."""
-        device = pl_module.device
-        encoder, reference = [], []
         # The trainer's precision context (autocast, true half precision) as in its steps.
         with trainer.precision_plugin.forward_context():
-            for item in self._probe["batches"]:
-                batch = {k: v.to(device) for k, v in item.items()}
-                encoder.append(pl_module(batch["image"]).float())
-                reference.append(pl_module.reference(batch).float())
-        n = len(self._probe["keys"])
-        # A rank without probe rows still joins the gathers.
-        return (
-            gather_chunks(encoder, device=device)[:n],
-            gather_chunks(reference, device=device)[:n],
-        )
+            return embed_probe(self._probe, pl_module, pl_module.reference, pl_module.device)
 
     def _analyse(self, trainer: Trainer, encoder: Tensor, reference: Tensor, step: int) -> None:
         x, y = encoder.double(), reference.double()
@@ -358,7 +333,7 @@ class ClusterLogCallback(Callback):
         self._write(step, trainer.current_epoch, result, modes, images)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                media = _wandb_media(images, modes, self._probe["thumbnails"])
+                media = _wandb_media(images, modes, self._probe.thumbnails)
                 logger.log_metrics({**scalars, **media}, step=step)
             else:
                 logger.log_metrics(scalars, step=step)
@@ -366,27 +341,30 @@ class ClusterLogCallback(Callback):
     def _describe_modes(self, result: SpecResult) -> list[dict[str, Any]]:
         probe = self._probe
         modes = []
-        for j in range(result.num_modes):
-            direction = 0 if j < result.num_positive else 1
-            members = result.top_samples(j, self.cluster_size).tolist()
+        for record in mode_records(result, self.cluster_size):
+            members = record["top_samples"]
             top = members[: self.grid_samples]
-            dominant, purity = dominant_attribute(members, probe["meta"])
-            label, share = label_purity(members, probe["labels"])
+            labels = [probe.labels[i] for i in members]
+            dominant, purity = dominant_attribute(members, probe.meta)
+            label, share = label_purity(labels)
             modes.append(
                 {
-                    "direction": DIRECTIONS[direction],
-                    "rank": j if direction == 0 else j - result.num_positive,
-                    "eigenvalue": float(result.mode_eigenvalues[j]),
+                    "direction": DIRECTIONS[record["sign"] == "negative"],
+                    "rank": record["rank"],
+                    "eigenvalue": record["eigenvalue"],
                     "dominant": dominant,
                     "purity": purity,
-                    "label": None if label is None else _label_name(label, probe["class_names"]),
+                    "label": None
+                    if label is None
+                    else class_name(label, probe.class_names) or str(label),
                     "label_purity": share,
+                    "labelled": labelled_share(labels),
                     "top_samples": top,
-                    "top_keys": [probe["keys"][i] for i in top],
-                    "top_captions": [probe["captions"][i] for i in top],
-                    "top_scores": result.scores[top, j].tolist(),
+                    "top_keys": [probe.keys[i] for i in top],
+                    "top_captions": [probe.captions[i] for i in top],
+                    "top_scores": record["top_scores"][: self.grid_samples],
                     "members": members,
-                    "member_keys": [probe["keys"][i] for i in members],
+                    "member_keys": [probe.keys[i] for i in members],
                 }
             )
         return modes
@@ -394,7 +372,7 @@ class ClusterLogCallback(Callback):
     def _render(
         self, result: SpecResult, modes: list[dict], x: Tensor, y: Tensor, step: int
     ) -> dict[str, np.ndarray]:
-        thumbnails = self._probe["thumbnails"]
+        thumbnails = self._probe.thumbnails
         negative = result.num_modes - result.num_positive
         images = {
             "spectrum": spectrum_plot(
@@ -407,10 +385,11 @@ class ClusterLogCallback(Callback):
         }
         shown = [m for m in modes if m["rank"] < self.grid_modes]
         for mode in shown:
-            images[f"{mode['direction']}_mode_{mode['rank']}"] = mode_grid(
+            images[f"{mode['direction']}_mode_{mode['rank']}"] = image_grid(
                 thumbnails[mode["top_samples"]],
                 mode["top_captions"],
-                _mode_title(mode, step),
+                title=_mode_title(mode, step),
+                columns=_GRID_COLUMNS,
             )
         membership = np.full(len(thumbnails), -1)
         # Strongest modes first: a sample in two clusters keeps the colour of the stronger.
@@ -461,49 +440,6 @@ class ClusterLogCallback(Callback):
         )
 
 
-# ----------------------------------------------------------------------- mode descriptions
-
-
-def dominant_attribute(
-    members: Sequence[int], meta: Sequence[dict | None]
-) -> tuple[str | None, float | None]:
-    """The categorical metadata value most over-represented among `members`.
-
-    Enrichment is (share among members - share in the probe) / (1 - share in the probe): 1
-    for a pure cluster of that value, 0 at its base rate, so a common value (e.g. a 40%
-    background) does not win just by being common. Only str/bool fields count.
-
-    Returns:
-        ("field=value", its share among the members), or (None, None) without metadata.
-    """
-    fields: dict[str, Counter] = {}
-    for row in meta:
-        for field, value in (row or {}).items():
-            if isinstance(value, str | bool):
-                fields.setdefault(field, Counter())[value] += 1
-    best, best_score = (None, None), -math.inf
-    for field, base in fields.items():
-        total = sum(base.values())
-        inside = Counter(
-            meta[i][field] for i in members if meta[i] is not None and field in meta[i]
-        )
-        for value, count in inside.items():
-            share, prior = count / len(members), base[value] / total
-            score = (share - prior) / (1 - prior) if prior < 1 else 0.0
-            if score > best_score:
-                best, best_score = (f"{field}={value}", share), score
-    return best
-
-
-def label_purity(members: Sequence[int], labels: np.ndarray) -> tuple[int | None, float | None]:
-    """The most common label among `members` (ignoring -1) and its share of them."""
-    known = [int(labels[i]) for i in members if labels[i] >= 0]
-    if not known:
-        return None, None
-    label, count = Counter(known).most_common(1)[0]
-    return label, count / len(members)
-
-
 # --------------------------------------------------------------------------------- helpers
 
 
@@ -530,48 +466,6 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for submodule, training in flags:
             submodule.training = training
-
-
-def _thumbnails(images: Tensor, size: int) -> Tensor:
-    """uint8 (B, 3, size, size) display copies; images outside [0, 1] are min-max scaled."""
-    images = images_to_float(images).float()
-    if images.min() < 0 or images.max() > 1:
-        low = images.amin(dim=(1, 2, 3), keepdim=True)
-        high = images.amax(dim=(1, 2, 3), keepdim=True)
-        images = (images - low) / (high - low).clamp_min(1e-8)
-    if max(images.shape[-2:]) > size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-
-
-def _row(values: Any, i: int) -> Any:
-    if values is None:
-        return None
-    value = values[i]
-    return value.item() if isinstance(value, Tensor) else value
-
-
-def _gather_objects(rows: list) -> list:
-    """Every rank's rows in rank order (a collective when distributed)."""
-    if world_size() == 1:
-        return rows
-    parts = [None] * world_size()
-    dist.all_gather_object(parts, rows)
-    return [row for part in parts for row in part]
-
-
-def _label_name(label: int, class_names: Sequence[str] | None) -> str | None:
-    if label < 0:
-        return None
-    return class_names[label] if class_names and label < len(class_names) else str(label)
-
-
-def _caption(row: dict, class_names: Sequence[str] | None) -> str:
-    if row["text"]:
-        return str(row["text"])
-    if row["label"] is not None and int(row["label"]) >= 0:
-        return f"label {_label_name(int(row['label']), class_names)}"
-    return str(row["key"] or "")
 
 
 def _short(mode: dict) -> str:
@@ -617,6 +511,7 @@ _TABLE_COLUMNS = [
     "purity",
     "label",
     "label_purity",
+    "labelled",
     "thumbnails",
     "captions",
 ]
@@ -650,6 +545,7 @@ def _wandb_media(
                 mode["purity"],
                 mode["label"],
                 mode["label_purity"],
+                mode["labelled"],
                 wandb.Image(thumbnail_strip(thumbnails[top])),
                 " | ".join(mode["top_captions"][:_TABLE_THUMBNAILS]),
             ]

@@ -2,7 +2,8 @@
 
 from spec_align.explain.comparison import compare_embeddings, resolve_rff_dim
 from spec_align.explain.loading import InputError, embedding_batches, load_embedding, load_list
-from spec_align.explain.report import label_purity, log_report_to_wandb, write_report
+from spec_align.explain.modes import label_purity
+from spec_align.explain.report import log_report_to_wandb, write_report
 
 __all__ = [
     "InputError",

@@ -30,47 +30,49 @@ def resolve_rff_dim(rff_dim: int | str | None, kernel: str, num_samples: int) ->
 
 
 def compare_embeddings(
-    a: np.ndarray | Tensor,
-    b: np.ndarray | Tensor,
+    x: np.ndarray | Tensor,
+    y: np.ndarray | Tensor,
     *,
     kernel: str = "gaussian",
-    sigma_a: float | str = "auto",
-    sigma_b: float | str = "auto",
+    sigma_x: float | str = "auto",
+    sigma_y: float | str = "auto",
     eta: float = 1.0,
     rff_dim: int | str | None = "auto",
     top_k: int = 10,
     seed: int = 0,
     batch_size: int = 8192,
-    names: tuple[str, str] = ("a", "b"),
+    names: tuple[str, str] = ("x", "y"),
     progress: bool = False,
 ) -> SpecResult:
-    """SPEC of a vs b, streamed batch by batch from (memory-mapped) arrays.
+    """SPEC of x vs y, streamed batch by batch from (memory-mapped) arrays.
 
     Inside a torch.distributed process group each rank takes a contiguous block of the rows
     (rank 0 the first) and the covariance is all-reduced (`compare(distributed=True)`); every rank
     gets the full result.
 
     Args:
-        a: embedding 1, (n, d_a); a memory map is read in batches, never loaded whole.
-        b: embedding 2, (n, d_b); row i of a and b is the same sample.
+        x: the first embedding, (n, d_x); a memory map is read in batches, never loaded whole.
+        y: the second embedding, (n, d_y); row i of x and y is the same sample.
         kernel: "gaussian" or "cosine".
-        sigma_a: Gaussian bandwidth of a, or "auto" (half the median pairwise distance).
-        sigma_b: Gaussian bandwidth of b, or "auto".
-        eta: weight of b's kernel.
+        sigma_x: Gaussian bandwidth of x, or "auto" (half the median pairwise distance).
+        sigma_y: Gaussian bandwidth of y, or "auto".
+        eta: weight of y's kernel.
         rff_dim: random Fourier frequencies per embedding, None for the exact kernel, or
             "auto" (see `resolve_rff_dim`).
         top_k: modes kept per sign.
         seed: random-feature seed.
         batch_size: rows per batch.
-        names: display names (and error names) of a and b.
+        names: display names (and error names) of x and y.
         progress: tqdm bars on stderr for the passes over the rows (rank 0 only).
 
     Returns:
-        A `SpecResult` whose positive modes are "a - b" and negative ones "b - a".
+        A `SpecResult` whose positive modes are "x - y" and negative ones "y - x".
     """
-    rff_dim = resolve_rff_dim(rff_dim, kernel, a.shape[0])
+    rff_dim = resolve_rff_dim(rff_dim, kernel, x.shape[0])
     settings = dict(
         kernel=kernel,
+        sigma_x=sigma_x,
+        sigma_y=sigma_y,
         eta=eta,
         rff_dim=rff_dim,
         top_k=top_k,
@@ -80,11 +82,11 @@ def compare_embeddings(
     )
     if is_distributed():
         # Check the pairing on the whole arrays before splitting, so every rank fails alike.
-        embedding_batches(a, b, batch_size=batch_size, names=names)
+        embedding_batches(x, y, batch_size=batch_size, names=names)
         world, rank = dist.get_world_size(), dist.get_rank()
-        bounds = np.linspace(0, a.shape[0], world + 1).astype(int)
+        bounds = np.linspace(0, x.shape[0], world + 1).astype(int)
         block = slice(bounds[rank], bounds[rank + 1])
-        batches = embedding_batches(a[block], b[block], batch_size=batch_size, names=names)
-        return compare(batches, sigma_x=sigma_a, sigma_y=sigma_b, distributed=True, **settings)
-    batches = embedding_batches(a, b, batch_size=batch_size, names=names)
-    return compare(batches, sigma_x=sigma_a, sigma_y=sigma_b, batch_size=batch_size, **settings)
+        batches = embedding_batches(x[block], y[block], batch_size=batch_size, names=names)
+        return compare(batches, distributed=True, **settings)
+    batches = embedding_batches(x, y, batch_size=batch_size, names=names)
+    return compare(batches, batch_size=batch_size, **settings)

@@ -14,41 +14,22 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")  # files only: no display on servers and in tests
+from spec_align.explain.figures import DIRECTION_COLOURS, image_grid, save_png, spectrum_plot
+from spec_align.explain.modes import class_name, label_purity, mode_records
+from spec_align.spec import SpecResult
 
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
-
-from spec_align.spec import SpecResult  # noqa: E402
-
-__all__ = ["REPORT_VERSION", "label_purity", "log_report_to_wandb", "write_report"]
+__all__ = ["REPORT_VERSION", "log_report_to_wandb", "write_report"]
 
 REPORT_VERSION = 1
 
-_TILE = 128  # grid tile side in pixels
-_CAPTION = 30  # caption strip under each tile, two lines
-_GRID_COLUMNS = 8
-_POSITIVE, _NEGATIVE = "#1f77b4", "#d62728"
-
-
-def label_purity(labels: Sequence) -> tuple[object, float | None]:
-    """Majority label of a mode's top samples and the fraction carrying it.
-
-    Samples without a label (None, -1 or "") are left out; (None, None) if none has one.
-    """
-    known = [label for label in labels if label not in (None, -1, "")]
-    if not known:
-        return None, None
-    label, count = Counter(known).most_common(1)[0]
-    return label, count / len(known)
+_GRID_COLUMNS = 8  # tiles per row of a mode's image grid
 
 
 def write_report(
@@ -98,16 +79,12 @@ def write_report(
         load_image = lambda i: _open_image(image_paths[i])  # noqa: E731
 
     modes = []
-    for j in range(result.num_modes):
-        rows = result.top_samples(j, samples_per_mode).tolist()
-        mode = _mode_entry(result, j, rows, keys, labels, class_names, texts, image_paths)
+    for record in mode_records(result, samples_per_mode):
+        j, rows = record["mode"], record["top_samples"]
+        mode = _mode_entry(result, record, keys, labels, class_names, texts, image_paths)
         if load_image is not None:
             mode["figure"] = f"modes/mode_{j:02d}.png"
-            _image_grid(
-                [load_image(i) for i in rows],
-                [_caption(s) for s in mode["top"]],
-                out / mode["figure"],
-            )
+            _save_grid([load_image(i) for i in rows], mode["top"], out / mode["figure"])
         elif texts is not None:
             mode["figure"] = f"modes/mode_{j:02d}.txt"
             lines = (str(s["text"]).replace("\n", " ") for s in mode["top"])
@@ -120,10 +97,8 @@ def write_report(
             )
             if load_image is not None:
                 mode["figure_bottom"] = f"modes/mode_{j:02d}_low.png"
-                _image_grid(
-                    [load_image(i) for i in low],
-                    [_caption(s) for s in mode["bottom"]],
-                    out / mode["figure_bottom"],
+                _save_grid(
+                    [load_image(i) for i in low], mode["bottom"], out / mode["figure_bottom"]
                 )
         modes.append(mode)
 
@@ -147,7 +122,7 @@ def write_report(
         "spectrum_figure": "spectrum.png",
         "modes": modes,
     }
-    _spectrum_plot(result, out / "spectrum.png")
+    save_png(_spectrum_figure(result), out / "spectrum.png")
     (out / "modes.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     index = out / "index.html"
     index.write_text(_html(summary), encoding="utf-8")
@@ -156,35 +131,35 @@ def write_report(
 
 def _mode_entry(
     result: SpecResult,
-    j: int,
-    rows: list[int],
+    record: dict,
     keys: Sequence[str] | None,
     labels: Sequence | None,
     class_names: Sequence[str] | None,
     texts: Sequence[str] | None,
     image_paths: Sequence[str] | None,
 ) -> dict:
-    positive = j < result.num_positive
-    formed, not_formed = result.names if positive else result.names[::-1]
-    top = _samples(result, j, rows, keys, labels, class_names, texts, image_paths)
+    j = record["mode"]
     column = result.scores[:, j]
     entry = {
         "mode": j,
-        "direction": result.mode_direction(j),
-        "sign": "positive" if positive else "negative",
-        "formed_by": formed,
-        "missed_by": not_formed,
-        "eigenvalue": float(result.mode_eigenvalues[j]),
+        "direction": record["direction"],
+        "sign": record["sign"],
+        "formed_by": record["formed_by"],
+        "missed_by": record["missed_by"],
+        "eigenvalue": record["eigenvalue"],
         # A contrast mode (one group up, another down) has a second pole of large negative
         # scores; its top samples alone would hide half of the difference.
         "contrast": bool(float(column.min()) < -0.5 * float(column.max())),
-        "top": top,
+        "top": _samples(
+            result, j, record["top_samples"], keys, labels, class_names, texts, image_paths
+        ),
     }
     if labels is not None:
-        majority, purity = label_purity([s["label"] for s in top])
+        majority, purity = label_purity([s["label"] for s in entry["top"]])
         entry["majority_label"] = majority
-        if class_names is not None and isinstance(majority, int) and majority < len(class_names):
-            entry["majority_label_name"] = class_names[majority]
+        name = class_name(majority, class_names)
+        if name is not None:
+            entry["majority_label_name"] = name
         entry["label_purity"] = purity
     return entry
 
@@ -206,12 +181,9 @@ def _samples(
         if labels is not None:
             label = labels[i]
             sample["label"] = label
-            if (
-                class_names is not None
-                and isinstance(label, int)
-                and 0 <= label < len(class_names)
-            ):
-                sample["label_name"] = class_names[label]
+            name = class_name(label, class_names)
+            if name is not None:
+                sample["label_name"] = name
         if texts is not None:
             sample["text"] = texts[i]
         if image_paths is not None:
@@ -226,11 +198,9 @@ def _caption(sample: dict) -> str:
     return first if label is None else f"{first}\n{label}"
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: fixed-size bitmap font
-        return ImageFont.load_default()
+def _save_grid(images: list[Image.Image | None], samples: list[dict], path: Path) -> None:
+    captions = [_caption(s) for s in samples]
+    save_png(image_grid(images, captions, columns=_GRID_COLUMNS), path)
 
 
 def _open_image(path: str | os.PathLike) -> Image.Image | None:
@@ -242,77 +212,34 @@ def _open_image(path: str | os.PathLike) -> Image.Image | None:
         return None
 
 
-def _image_grid(images: list[Image.Image | None], captions: list[str], path: Path) -> None:
-    """Tiles of the images (letterboxed to a square), each with a two-line caption."""
-    columns = min(_GRID_COLUMNS, len(images))
-    rows = math.ceil(len(images) / columns)
-    grid = Image.new("RGB", (columns * _TILE, rows * (_TILE + _CAPTION)), "white")
-    draw, font = ImageDraw.Draw(grid), _font(11)
-    for k, (image, caption) in enumerate(zip(images, captions, strict=True)):
-        left, top = (k % columns) * _TILE, (k // columns) * (_TILE + _CAPTION)
-        if image is None:
-            draw.rectangle([left + 4, top + 4, left + _TILE - 5, top + _TILE - 5], outline="gray")
-            draw.text((left + 10, top + _TILE // 2), "no image", fill="gray", font=font)
-        else:
-            # contain() also enlarges: small images (32 px data sets) fill the tile.
-            tile = ImageOps.contain(image.convert("RGB"), (_TILE - 4, _TILE - 4))
-            offset = ((_TILE - tile.width) // 2, (_TILE - tile.height) // 2)
-            grid.paste(tile, (left + offset[0], top + offset[1]))
-        for line_no, line in enumerate(caption.split("\n")[:2]):
-            line = line if len(line) <= 20 else line[:19] + "…"
-            draw.text((left + 4, top + _TILE + 1 + 13 * line_no), line, fill="black", font=font)
-    grid.save(path)
-
-
-def _spectrum_plot(result: SpecResult, path: Path) -> None:
+def _spectrum_figure(result: SpecResult) -> np.ndarray:
     name_x, name_y = result.names
-    values = result.mode_eigenvalues.tolist()
-    fig, (ax_modes, ax_all) = plt.subplots(
-        1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]}
+    return spectrum_plot(
+        result.eigenvalues.cpu().numpy(),
+        result.num_positive,
+        result.num_modes - result.num_positive,
+        labels=(f"{name_x} - {name_y}: {name_x} forms", f"{name_y} - {name_x}: {name_y} forms"),
+        title=(
+            f"SPEC {name_x} vs {name_y}, modes of (K_{name_x} - eta K_{name_y}) / n: "
+            f"n={result.num_samples}, kernel={result.kernel}, eta={result.eta:g}, "
+            f"SPEC-diff={result.spec_diff:.4g}"
+        ),
+        nonzero_panel=True,
     )
-    colors = [_POSITIVE if j < result.num_positive else _NEGATIVE for j in range(len(values))]
-    ax_modes.bar(range(len(values)), values, color=colors)
-    ax_modes.axhline(0.0, color="black", linewidth=0.8)
-    ax_modes.set_xticks(range(len(values)))
-    ax_modes.set_xticklabels([str(j) for j in range(len(values))], fontsize=8)
-    ax_modes.set_xlabel("mode")
-    ax_modes.set_ylabel("eigenvalue")
-    ax_modes.set_title(f"modes of (K_{name_x} - eta K_{name_y}) / n", fontsize=10)
-    handles = [
-        plt.Rectangle((0, 0), 1, 1, color=_POSITIVE, label=f"{name_x} - {name_y}: {name_x} forms"),
-        plt.Rectangle((0, 0), 1, 1, color=_NEGATIVE, label=f"{name_y} - {name_x}: {name_y} forms"),
-    ]
-    ax_modes.legend(handles=handles, fontsize=8, loc="upper right")
-
-    # The spectrum's zeros (null space, up to min(n, m) of them) would flatten the plot.
-    spectrum = result.eigenvalues
-    tolerance = 1e-9 * max(result.spec_diff, 1e-300)
-    nonzero = spectrum[spectrum.abs() > tolerance].tolist()
-    ax_all.plot(range(len(nonzero)), nonzero, ".-", color="gray", markersize=3, linewidth=0.8)
-    ax_all.axhline(0.0, color="black", linewidth=0.8)
-    ax_all.set_xlabel("rank (descending)")
-    ax_all.set_title(f"nonzero spectrum ({len(nonzero)} eigenvalues)", fontsize=10)
-    fig.suptitle(
-        f"SPEC {name_x} vs {name_y}: n={result.num_samples}, kernel={result.kernel}, "
-        f"eta={result.eta:g}, SPEC-diff={result.spec_diff:.4g}",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1100px;
-color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
-table.settings td{padding:1px 10px 1px 0}table.settings td:first-child{color:#666}
-.mode{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0}
-.mode h3{margin:.2em 0 .4em}.positive h3{color:#1f77b4}.negative h3{color:#d62728}
-.meta{color:#555;font-size:.92em}img{max-width:100%;height:auto}
-table.samples{border-collapse:collapse;font-size:.88em}
-table.samples td,table.samples th{border-bottom:1px solid #eee;padding:2px 8px;text-align:left}
-ol.texts li{margin:.15em 0}
+_POSITIVE, _NEGATIVE = DIRECTION_COLOURS  # the figures' colours of the two signs
+_CSS = f"""
+body{{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1100px;
+color:#222;padding:0 1em}}
+h1{{font-size:1.5em}}h2{{margin-top:1.6em;border-bottom:1px solid #ccc}}
+table.settings td{{padding:1px 10px 1px 0}}table.settings td:first-child{{color:#666}}
+.mode{{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0}}
+.mode h3{{margin:.2em 0 .4em}}.positive h3{{color:{_POSITIVE}}}.negative h3{{color:{_NEGATIVE}}}
+.meta{{color:#555;font-size:.92em}}img{{max-width:100%;height:auto}}
+table.samples{{border-collapse:collapse;font-size:.88em}}
+table.samples td,table.samples th{{border-bottom:1px solid #eee;padding:2px 8px;text-align:left}}
+ol.texts li{{margin:.15em 0}}
 """
 
 

@@ -21,6 +21,9 @@ __all__ = ["run_compare"]
 
 log = logging.getLogger(__name__)
 
+# compare.yaml names the two sides a/b in its spec keys (user-facing); the library's are x/y.
+_SPEC_KEYS = {"sigma_a": "sigma_x", "sigma_b": "sigma_y"}
+
 
 def run_compare(cfg: DictConfig) -> Path:
     """Extract (or reuse cached) features of `cfg.encoder` and `cfg.ref`, compare, report.
@@ -50,7 +53,7 @@ def run_compare(cfg: DictConfig) -> Path:
         flag="report.overwrite=true",
     )
     progress = bool(cfg.progress)
-    encoder_a, encoder_b = instantiate(cfg.encoder), instantiate(cfg.ref.encoder)
+    encoder_x, encoder_y = instantiate(cfg.encoder), instantiate(cfg.ref.encoder)
     names = tuple(cfg.names) if cfg.get("names") else ("encoder", "ref")
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -67,8 +70,8 @@ def run_compare(cfg: DictConfig) -> Path:
         log.info("reusing cached features in %s", cache_dir)
         cache = FeatureCache(cache_dir)
     else:
-        sizes = [(3, e.image_size, e.image_size) for e in (encoder_a, encoder_b)]
-        pair = PairTransform(encoder_a.eval_transform, encoder_b.eval_transform, *sizes)
+        sizes = [(3, e.image_size, e.image_size) for e in (encoder_x, encoder_y)]
+        pair = PairTransform(encoder_x.eval_transform, encoder_y.eval_transform, *sizes)
         pipeline = build_eval_pipeline(
             urls,
             transform=pair,
@@ -79,15 +82,15 @@ def run_compare(cfg: DictConfig) -> Path:
         loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.num_workers)
         cache = extract_features(
             loader,
-            encoder_a,
-            encoder_b,
+            encoder_x,
+            encoder_y,
             cache_dir,
             split=pair.split,
             fingerprint=fingerprint,
             progress=progress,
             num_samples=_expected_samples(urls, cfg.max_samples, cfg.num_workers),
         )
-    spec = {"progress": progress, **cfg.spec}
+    spec = {"progress": progress, **{_SPEC_KEYS.get(k, k): v for k, v in cfg.spec.items()}}
     result = compare_embeddings(cache.a, cache.b, names=names, **spec)
     log.info("%s", result)  # before writing: the result is out even if the report fails
     keys, labels = cache.keys(), cache.labels.tolist()

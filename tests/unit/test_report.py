@@ -62,11 +62,6 @@ def test_text_data_gets_text_lists(tmp_path):
     assert not list(tmp_path.glob("modes/*.png"))
 
 
-def test_label_purity_ignores_unknown_labels():
-    assert label_purity([1, 1, 2, -1, None]) == (1, 2 / 3)
-    assert label_purity([-1, None]) == (None, None)
-
-
 def test_html_escapes_names(tmp_path):
     a, b, _ = planted_groups(n=30)
     result = compare(a, b, kernel="cosine", top_k=1, names=("<b>x</b>", "y&z"))

@@ -1,8 +1,10 @@
-"""Pictures of differential clusters: sample grids, spectra, 2-D maps and tracked-mode curves.
+"""Pictures of SPEC modes: sample grids, spectra, 2-D maps and tracked-mode curves.
 
-Pure functions from arrays to RGB uint8 arrays (H, W, 3), drawn with matplotlib's
-object-oriented API on an Agg canvas: no pyplot global state, no display needed, safe to call
-from a training process. `save_png` writes them; W&B takes the arrays directly.
+Shared by the report (`write_report`) and the training callback (`ClusterLogCallback`), so
+both draw a mode the same way and in the same colours. Pure functions from arrays to RGB
+uint8 arrays (H, W, 3), drawn with `matplotlib.figure.Figure` on an Agg canvas: no pyplot,
+no backend selected, no global state changed for the importer (notebooks keep theirs), no
+display needed. `save_png` writes them; W&B takes the arrays directly.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 __all__ = [
     "DIRECTION_COLOURS",
+    "TILE",
     "embedding_maps",
-    "mode_grid",
+    "image_grid",
     "project_2d",
     "save_png",
     "spectrum_plot",
@@ -29,13 +32,15 @@ __all__ = [
     "tracks_plot",
 ]
 
-# Positive modes (first embedding forms the cluster) and negative modes, in every picture.
-DIRECTION_COLOURS = ("tab:blue", "tab:orange")
+# Positive modes (the first embedding forms the cluster) and negative modes, in every picture
+# and page (hex: the report's HTML uses them too); tab:blue and tab:red.
+DIRECTION_COLOURS = ("#1f77b4", "#d62728")
 _MODE_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:cyan", "tab:olive")
-_NEGATIVE_COLOURS = ("tab:orange", "tab:red", "tab:brown", "tab:pink", "gold")
+_NEGATIVE_COLOURS = ("tab:red", "tab:orange", "tab:brown", "tab:pink", "gold")
 _NONE_COLOUR = "#c8c8c8"
-# Sample grids (pixels): least thumbnail side, padding, caption font size and line height.
-_CELL, _PAD, _FONT_SIZE, _LINE = 112, 8, 11, 13
+# Sample grids (pixels): tile side (the image fits inside with a 2 px margin), title padding,
+# caption font size, line height and most caption lines.
+TILE, _PAD, _FONT_SIZE, _LINE, _CAPTION_LINES = 128, 8, 11, 13, 3
 
 
 def _to_array(fig: Figure) -> np.ndarray:
@@ -49,50 +54,62 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     Image.fromarray(image).save(path, format="PNG")
 
 
-def mode_grid(
-    thumbnails: np.ndarray, captions: Sequence[str], title: str, columns: int = 4
+def image_grid(
+    images: Sequence[Image.Image | np.ndarray | None],
+    captions: Sequence[str],
+    *,
+    title: str | None = None,
+    columns: int = 8,
 ) -> np.ndarray:
-    """The top samples of one mode as a captioned grid, best first (row-major).
+    """Samples as captioned square tiles, best first (row-major), under an optional title.
 
-    Drawn with PIL rather than matplotlib: one grid per mode per evaluation adds up, and
-    pasting pixels is a hundred times faster than a subplot per sample.
+    Each image is fitted into its tile keeping its aspect ratio: enlarged with nearest
+    neighbour (small images and textures stay crisp, not blurred), reduced with Lanczos. None
+    is drawn as an empty "no image" tile (e.g. an unreadable file). Caption lines ("\n"
+    separated) are wrapped to the tile, at most three lines in all. Drawn with PIL rather than
+    matplotlib: one grid per mode per evaluation adds up, and pasting pixels is a hundred
+    times faster than a subplot per sample.
 
     Shapes:
-        thumbnails: (m, h, w, 3) uint8 -> (H, W, 3) uint8
+        images: PIL images or (h, w, 3) uint8 arrays of any sizes
+            -> (H, min(columns, len(images)) * TILE, 3) uint8
     """
-    count, height, width = thumbnails.shape[:3]
+    count = len(images)
     columns = max(1, min(columns, count))
     rows = max(1, -(-count // columns))
-    # Integer nearest-neighbour upscaling: small thumbnails stay sharp (textures visible).
-    scale = max(1, -(-_CELL // max(height, width)))
-    cell_w, cell_h = width * scale, height * scale
-    caption_h = 3 * _LINE + 4
     text_font, title_font = _font(_FONT_SIZE), _font(_FONT_SIZE + 2)
-    title_lines = title.count("\n") + 1
-    header = title_lines * (_LINE + 3) + 2 * _PAD
-    canvas = Image.new(
-        "RGB",
-        (columns * (cell_w + _PAD) + _PAD, header + rows * (cell_h + caption_h + _PAD)),
-        "white",
-    )
+    chars = max(8, int(TILE / (0.58 * _FONT_SIZE)))
+    texts = [_wrap(caption, chars) for caption in captions]
+    caption_h = max((t.count("\n") + 1 for t in texts), default=1) * _LINE + 4
+    header = 0 if title is None else (title.count("\n") + 1) * (_LINE + 3) + 2 * _PAD
+    canvas = Image.new("RGB", (columns * TILE, header + rows * (TILE + caption_h)), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.multiline_text(
-        (canvas.width // 2, _PAD),
-        title,
-        fill="black",
-        font=title_font,
-        anchor="ma",
-        align="center",
-    )
-    chars = max(8, int(cell_w / (0.58 * _FONT_SIZE)))
-    for i in range(count):
-        x = _PAD + (i % columns) * (cell_w + _PAD)
-        y = header + (i // columns) * (cell_h + caption_h + _PAD)
-        thumb = Image.fromarray(thumbnails[i]).resize((cell_w, cell_h), Image.Resampling.NEAREST)
-        canvas.paste(thumb, (x, y))
-        text = textwrap.fill(captions[i], chars, max_lines=3, placeholder="...")
+    if title is not None:
         draw.multiline_text(
-            (x + cell_w // 2, y + cell_h + 2),
+            (canvas.width // 2, _PAD),
+            title,
+            fill="black",
+            font=title_font,
+            anchor="ma",
+            align="center",
+        )
+    for i, (image, text) in enumerate(zip(images, texts, strict=True)):
+        left = (i % columns) * TILE
+        top = header + (i // columns) * (TILE + caption_h)
+        if image is None:
+            draw.rectangle([left + 4, top + 4, left + TILE - 5, top + TILE - 5], outline="gray")
+            draw.text(
+                (left + TILE // 2, top + TILE // 2),
+                "no image",
+                fill="gray",
+                font=text_font,
+                anchor="mm",
+            )
+        else:
+            tile = _fit(image, TILE - 4)
+            canvas.paste(tile, (left + (TILE - tile.width) // 2, top + (TILE - tile.height) // 2))
+        draw.multiline_text(
+            (left + TILE // 2, top + TILE + 2),
             text,
             fill="black",
             font=text_font,
@@ -101,6 +118,21 @@ def mode_grid(
             spacing=1,
         )
     return np.asarray(canvas)
+
+
+def _fit(image: Image.Image | np.ndarray, side: int) -> Image.Image:
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image.convert("RGB")
+    enlarge = max(image.size) < side
+    method = Image.Resampling.NEAREST if enlarge else Image.Resampling.LANCZOS
+    return ImageOps.contain(image, (side, side), method=method)
+
+
+def _wrap(caption: str, chars: int) -> str:
+    lines = [line for part in caption.split("\n") for line in textwrap.wrap(part, chars)]
+    if len(lines) > _CAPTION_LINES:
+        lines = lines[:_CAPTION_LINES]
+        lines[-1] = lines[-1][: chars - 1] + "\u2026"
+    return "\n".join(lines)
 
 
 @functools.cache
@@ -130,6 +162,7 @@ def spectrum_plot(
     labels: tuple[str, str],
     title: str,
     points: int = 30,
+    nonzero_panel: bool = False,
 ) -> np.ndarray:
     """Both ends of a SPEC spectrum as bars by rank: positive up, negative down.
 
@@ -143,14 +176,20 @@ def spectrum_plot(
         labels: legend labels of the positive and negative end.
         title: figure title.
         points: ranks shown at each end.
+        nonzero_panel: add a panel of the whole spectrum, in rank order, without its zeros
+            (the null space, up to min(n, features) of them, would flatten it).
     """
     values = np.asarray(eigenvalues, dtype=np.float64)
     points = min(points, len(values))
     top = np.clip(values[:points], 0.0, None)
     bottom = np.clip(values[::-1][:points], None, 0.0)
     ranks = np.arange(1, points + 1)
-    fig = Figure(figsize=(7.0, 3.4), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
+    if nonzero_panel:
+        fig = Figure(figsize=(11.0, 3.8), dpi=100)
+        ax, ax_all = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig = Figure(figsize=(7.0, 3.4), dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
     for ends, kept, colour, label in (
         (top, num_positive, DIRECTION_COLOURS[0], labels[0]),
         (bottom, num_negative, DIRECTION_COLOURS[1], labels[1]),
@@ -163,8 +202,17 @@ def spectrum_plot(
     ax.set_ylabel("eigenvalue")
     ax.set_xlim(0.3, points + 0.7)
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
+    if nonzero_panel:
+        tolerance = 1e-9 * max(float(np.abs(values).max(initial=0.0)), 1e-300)
+        nonzero = values[np.abs(values) > tolerance]
+        ax_all.plot(nonzero, ".-", color="gray", markersize=3, linewidth=0.8)
+        ax_all.axhline(0.0, color="black", linewidth=0.8)
+        ax_all.set_xlabel("rank (descending)")
+        ax_all.set_title(f"nonzero spectrum ({len(nonzero)} eigenvalues)", fontsize=9)
+        fig.suptitle(title, fontsize=10)
+    else:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _to_array(fig)
 
@@ -189,7 +237,7 @@ def project_2d(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np
 
 
 def _mode_colours(directions: Sequence[int]) -> list[str]:
-    """A distinct colour per mode: blues/greens for direction 0, oranges/reds for 1."""
+    """A distinct colour per mode: blues/greens for direction 0, reds/oranges for 1."""
     counters, colours = [0, 0], []
     for direction in directions:
         palette = _MODE_COLOURS if direction == 0 else _NEGATIVE_COLOURS

@@ -1,0 +1,106 @@
+"""What a SPEC mode is made of: one record per mode, its majority label, its enriched attribute.
+
+Shared by the report (`write_report`, hence `spec-compare` and `compare.py`) and the training
+callback (`ClusterLogCallback`), so a mode's label purity is the same number in every output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+from spec_align.spec import SpecResult
+
+__all__ = [
+    "class_name",
+    "dominant_attribute",
+    "label_purity",
+    "labelled_share",
+    "mode_records",
+]
+
+_UNKNOWN_LABELS = (None, -1, "")
+
+
+def mode_records(result: SpecResult, samples_per_mode: int) -> list[dict]:
+    """One JSON-ready record per mode of `result`, strongest first within each sign.
+
+    `SpecResult.to_dict`'s mode entries (mode, direction, eigenvalue, top_samples,
+    top_scores) plus sign ("positive" or "negative"), rank (position within its sign),
+    formed_by and missed_by (the names of the embedding that forms the cluster and of the
+    one that does not).
+    """
+    records = result.to_dict(samples_per_mode)["modes"]
+    for record in records:
+        positive = record["mode"] < result.num_positive
+        formed, missed = result.names if positive else result.names[::-1]
+        record["sign"] = "positive" if positive else "negative"
+        record["rank"] = record["mode"] if positive else record["mode"] - result.num_positive
+        record["formed_by"], record["missed_by"] = formed, missed
+    return records
+
+
+def label_purity(labels: Sequence) -> tuple[object, float | None]:
+    """Majority label of a mode's members and the share of the labelled members carrying it.
+
+    Members without a label (None, -1 or "") are left out, so unlabelled samples do not count
+    as impure; `labelled_share` says how many members the purity rests on.
+
+    Returns:
+        (label, purity), or (None, None) if no member has a label.
+    """
+    known = [label for label in labels if label not in _UNKNOWN_LABELS]
+    if not known:
+        return None, None
+    label, count = Counter(known).most_common(1)[0]
+    return label, count / len(known)
+
+
+def labelled_share(labels: Sequence) -> float | None:
+    """Share of a mode's members that have a label (None without members)."""
+    if not labels:
+        return None
+    return sum(label not in _UNKNOWN_LABELS for label in labels) / len(labels)
+
+
+def class_name(label: object, class_names: Sequence[str] | None) -> str | None:
+    """Display name of an integer label, or None if `class_names` has none for it."""
+    if class_names and isinstance(label, int) and 0 <= label < len(class_names):
+        return str(class_names[label])
+    return None
+
+
+def dominant_attribute(
+    members: Sequence[int], meta: Sequence[dict | None]
+) -> tuple[str | None, float | None]:
+    """The categorical metadata value most over-represented among `members`.
+
+    Enrichment is (share among members - share in the probe) / (1 - share in the probe): 1
+    for a pure cluster of that value, 0 at its base rate, so a common value (e.g. a 40%
+    background) does not win just by being common. Only str/bool fields count.
+
+    Args:
+        members: row indices of the mode's members.
+        meta: per-row metadata dicts (None: no metadata) of the whole sample set.
+
+    Returns:
+        ("field=value", its share among the members), or (None, None) without metadata.
+    """
+    fields: dict[str, Counter] = {}
+    for row in meta:
+        for field, value in (row or {}).items():
+            if isinstance(value, str | bool):
+                fields.setdefault(field, Counter())[value] += 1
+    best, best_score = (None, None), -math.inf
+    for field, base in fields.items():
+        total = sum(base.values())
+        inside = Counter(
+            meta[i][field] for i in members if meta[i] is not None and field in meta[i]
+        )
+        for value, count in inside.items():
+            share, prior = count / len(members), base[value] / total
+            score = (share - prior) / (1 - prior) if prior < 1 else 0.0
+            if score > best_score:
+                best, best_score = (f"{field}={value}", share), score
+    return best
