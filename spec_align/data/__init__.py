@@ -26,7 +26,6 @@ from spec_align.data.wds import (
 
 __all__ = [
     "DATASETS",
-    "DataWaitTimer",
     "EmbeddingCache",
     "EmbeddingCacheWriter",
     "RefCache",
@@ -55,11 +54,11 @@ __all__ = [
     "write_shards",
 ]
 
-_LAZY = {"DATASETS": "datamodule", "WdsDataModule": "datamodule", "DataWaitTimer": "data_wait"}
+_LAZY = {"DATASETS": "datamodule", "WdsDataModule": "datamodule"}
 
 
 def __getattr__(name: str) -> object:
-    # The datamodule and the callback pull in Lightning (seconds to import); shard tools and
+    # The datamodule pulls in Lightning (seconds to import); shard tools and
     # scripts do not need it, so they are imported on first access.
     if name in _LAZY:
         import importlib

@@ -60,11 +60,10 @@ class SpecAlignModule(LightningModule):
     (before the penalty or validation metrics see it) or checkpoint tensor (before the file is
     written) raises `DivergenceError` naming the step, the term and the last good checkpoint.
 
-    Logged keys (see `metric_names`): train/loss, train/task_loss, train/spec_diff (steps with
-    the penalty active), train/data_wait_s (time waiting for the batch), train/samples_skipped
-    and train/shard_errors (samples lost to corrupt data and failed shard reads so far, summed
-    over ranks, see
-    `SkipCounter`); val/spec_diff (float64 SPEC-diff of the exact kernels,
+    Logged keys (see `metric_names`; train/data_wait_s is the `DataWaitTimer` callback's):
+    train/loss, train/task_loss, train/spec_diff (steps with the penalty active),
+    train/samples_skipped and train/shard_errors (samples lost to corrupt data and failed shard
+    reads so far, summed over ranks, see `SkipCounter`); val/spec_diff (float64 SPEC-diff of the exact kernels,
     with the penalty's bandwidths, on the fixed probe set: the first `probe_size` validation
     samples), val/spec_diff_features (the same with the penalty's random-feature maps),
     val/spec_diff_best, val/task_loss,
@@ -143,7 +142,7 @@ class SpecAlignModule(LightningModule):
     @property
     def metric_names(self) -> list[str]:
         """Keys this configuration can log (optimized_metric must be one of them)."""
-        names = ["train/loss", "train/task_loss", "train/data_wait_s"]
+        names = ["train/loss", "train/task_loss"]
         names += ["train/samples_skipped", "train/shard_errors"]
         if self.penalty is not None:
             names += [
