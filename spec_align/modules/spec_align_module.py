@@ -63,8 +63,9 @@ class SpecAlignModule(LightningModule):
     Logged keys (see `metric_names`; train/data_wait_s is the `DataWaitTimer` callback's):
     train/loss, train/task_loss, train/spec_diff (steps with the penalty active),
     train/samples_skipped and train/shard_errors (samples lost to corrupt data and failed shard
-    reads so far, summed over ranks, see `SkipCounter`); val/spec_diff (float64 SPEC-diff of the exact kernels,
-    with the penalty's bandwidths, on the fixed probe set: the first `probe_size` validation
+    reads so far, summed over ranks, see `SkipCounter`); val/spec_diff (float64 SPEC-diff of
+    the exact kernels, with the penalty's bandwidths, on the fixed probe set: the first
+    `probe_size` validation
     samples), val/spec_diff_features (the same with the penalty's random-feature maps),
     val/spec_diff_best, val/task_loss,
     val/zero_shot_acc (class prompts), val/i2t_r1 and val/t2i_r1 (caption retrieval on the
