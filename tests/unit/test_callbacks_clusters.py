@@ -211,7 +211,8 @@ def test_every_n_epochs_and_argument_validation(tmp_path):
 
 def test_config_node_instantiates(tmp_path):
     node = OmegaConf.load(CONF)
-    cfg = OmegaConf.merge({"paths": {"output_dir": str(tmp_path)}, "seed": 3}, node)
-    callback = instantiate(cfg.cluster_log)
+    context = {"paths": {"output_dir": str(tmp_path)}, "seed": 3, "model": {"probe_size": 96}}
+    callback = instantiate(OmegaConf.merge(context, node).cluster_log)
     assert isinstance(callback, ClusterLogCallback)
     assert callback.dirpath == tmp_path / "clusters" and callback.seed == 3
+    assert callback.probe_size == 96, "the module's probe"
