@@ -266,7 +266,13 @@ def _ensure_ref_cache(cfg: DictConfig, datamodule: L.LightningDataModule) -> Non
             transform=datamodule.eval_transform,
             meta={"builder": OmegaConf.to_container(builder_cfg, resolve=True)},
         )
-        os.replace(tmp, cache_dir)
+        try:
+            os.replace(tmp, cache_dir)
+        except OSError:
+            # A concurrent job of the same sweep (submitit, SLURM array) renamed its build first.
+            if not (Path(cache_dir) / "keys.json").is_file():
+                raise
+            log.info("reference cache %s was built meanwhile by another job: using it", cache_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -393,7 +399,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             # weights_only: a checkpoint is data; unpickling it must not run code.
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if cfg.get("train", True):
+        if cfg.get("train", True) and trainer.is_global_zero:  # W&B's run is on rank 0 only
             log.info("%s", summarize_run(trainer, metrics, metric, Path(cfg.paths.output_dir)))
     finally:
         _finish_wandb()
