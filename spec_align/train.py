@@ -32,6 +32,7 @@ from spec_align.utils.runs import (
     checked_overrides,
     experiment_differences,
     find_resumable,
+    own_checkpoint,
     run_config_of,
 )
 
@@ -171,9 +172,11 @@ def _current_multirun_dir() -> Path | None:
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume, checked against this run's experiment config.
 
-    `ckpt_path=last` picks the newest loadable checkpoint of the most recent earlier run of
-    this task (`logs/<task_name>/`) with the same experiment config, never one of the current
-    multirun (see `spec_align.utils.runs.find_resumable`). An explicit path whose run had a
+    A job whose own directory already holds a loadable checkpoint (a requeued SLURM job, a
+    relaunch into the same directory) continues from it, whatever `ckpt_path` says.
+    Otherwise `ckpt_path=last` picks the newest loadable checkpoint of the most recent earlier
+    run of this task (`logs/<task_name>/`) with the same experiment config, never one of the
+    current multirun (see `spec_align.utils.runs.find_resumable`). An explicit path whose run had a
     different experiment config is refused unless `ckpt_force=true`.
 
     Raises:
@@ -181,11 +184,18 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
             resuming the same run.
     """
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is None:
-        return None
     output_dir, multirun_dir = Path(cfg.paths.output_dir), _current_multirun_dir()
+    # A requeued (or relaunched) job continues its own progress, whatever ckpt_path says.
+    own, skipped = own_checkpoint(output_dir)
+    if skipped:
+        log.warning("skipped checkpoints of this job that do not load: %s", skipped)
+    if own is None and ckpt_path is None:
+        return None
     try:
-        if ckpt_path == "last":
+        if own is not None:
+            log.info("this job's directory has %s: continuing it (requeued or relaunched)", own)
+            checkpoint = own
+        elif ckpt_path == "last":
             exclude = [output_dir] + ([multirun_dir] if multirun_dir else [])
             root = Path(cfg.paths.log_dir) / cfg.task_name
             checkpoint, skipped = find_resumable(root, cfg, exclude=exclude)
@@ -372,7 +382,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             # weights_only: a checkpoint is data; unpickling it must not run code.
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if cfg.get("train", True):
+        if cfg.get("train", True) and trainer.is_global_zero:  # W&B's run is on rank 0 only
             log.info("%s", summarize_run(trainer, metrics, metric, Path(cfg.paths.output_dir)))
     finally:
         _finish_wandb()

@@ -170,8 +170,13 @@ class EmbeddingCacheWriter:
         self._close_files()
         info = {"num_samples": self.rows, **(meta or {})}
         (self.partial / "meta.json").write_text(json.dumps(info, indent=1) + "\n")
-        shutil.rmtree(self.path, ignore_errors=True)
+        # The old cache is moved aside, not deleted first: `path` is never missing for a
+        # concurrent job of the same sweep, and readers that opened it (memory maps) keep it.
+        old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
+        if self.path.exists():
+            self.path.rename(old)
         self.partial.rename(self.path)
+        shutil.rmtree(old, ignore_errors=True)
         return self.path
 
     def abort(self) -> None:

@@ -6,6 +6,8 @@ ${dataset_num_classes:digits}     number of classes (null for unknown datasets)
 ${ref_cache_dim:/path/to/cache}   embedding width stored in a reference cache's meta
 ${run_name:${hydra:overrides.task}}   a run's name: its experiment's overrides, minus seed
 ${launch_dir:}                    the directory the command was started in
+${slurm_tasks:${trainer.devices}}    SLURM tasks per node: one per device (hydra/launcher=slurm)
+${slurm_gpus:${trainer.accelerator},${trainer.devices}}   GPUs per node (null on CPU)
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __all__ = [
     "dataset_prompts",
     "ref_cache_dim",
     "register_resolvers",
+    "slurm_gpus",
+    "slurm_tasks",
 ]
 
 _LAUNCH_DIR = os.getcwd()
@@ -81,6 +85,39 @@ def ref_cache_dim(path: str) -> int:
     return int(np.load(embeddings, mmap_mode="r").shape[1])
 
 
+def slurm_tasks(devices: Any) -> int:
+    """SLURM tasks per node for `trainer.devices`: one per device, so that Lightning's SLURM
+    environment takes each process's rank from SLURM (`SLURM_PROCID`, `SLURM_LOCALID`).
+
+    Accepts a positive count, a list of device ids or a "0,1"-style string; anything else
+    ("auto", -1, 0) is refused, since the job's size must be known when it is submitted.
+    """
+    if isinstance(devices, ListConfig | list | tuple):
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    elif (
+        isinstance(devices, int)
+        and not isinstance(devices, bool)
+        or (isinstance(devices, str) and devices.isdigit())
+    ):
+        count = int(devices)
+    else:
+        count = 0
+    if count < 1:
+        raise ValueError(
+            f"hydra/launcher=slurm needs trainer.devices as a number of devices per node (one "
+            f"SLURM task each), not {devices!r}: e.g. trainer=ddp trainer.devices=4"
+        )
+    return count
+
+
+def slurm_gpus(accelerator: str, devices: Any) -> int | None:
+    """GPUs per node to request for `trainer.devices` (None: a CPU trainer requests none)."""
+    tasks = slurm_tasks(devices)
+    return None if str(accelerator) == "cpu" else tasks
+
+
 def _config_valued(function: Callable[..., Any]) -> Callable[..., Any]:
     """`function` with list results as ListConfig.
 
@@ -109,6 +146,8 @@ def register_resolvers() -> None:
         "ref_cache_dim": ref_cache_dim,
         "run_name": run_name,
         "launch_dir": lambda: _LAUNCH_DIR,
+        "slurm_tasks": slurm_tasks,
+        "slurm_gpus": slurm_gpus,
     }
     for name, function in resolvers.items():
         OmegaConf.register_new_resolver(name, function, replace=True)

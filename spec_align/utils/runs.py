@@ -28,6 +28,7 @@ __all__ = [
     "checked_overrides",
     "experiment_differences",
     "find_resumable",
+    "own_checkpoint",
     "is_experiment_key",
     "run_config_of",
     "run_name",
@@ -166,6 +167,26 @@ def find_resumable(
             f"resume it anyway: ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} ckpt_force=true"
         )
     raise RunDirError(message)
+
+
+def own_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest loadable checkpoint in a job's own directory, and the ones skipped.
+
+    A job whose directory already holds checkpoints is running again in the same place: a
+    SLURM job requeued after preemption or a timeout (submitit reruns it with the same
+    output directory), or a relaunch into the same `hydra.sweep.dir`/`hydra.run.dir`. It
+    continues from its own progress. Fresh runs get a new timestamped directory, so this
+    never applies to them.
+    """
+    directory = Path(run_dir) / "checkpoints"
+    checkpoints = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    skipped: list[str] = []
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint, skipped
+        skipped.append(f"{checkpoint} ({problem})")
+    return None, skipped
 
 
 # Keys that make Hydra import and call code, or change where configs are found.

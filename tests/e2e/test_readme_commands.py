@@ -151,6 +151,10 @@ def test_every_readme_command_is_tested():
         "python train.py -m loss.spectral.weight=0,0.1,1 seed=1,2",
         "python train.py ckpt_path=last",
         "python eval.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt",
+        SUBMITIT_LOCAL,
+        SLURM,
+        OPTUNA,
+        TORCHRUN,
         "trainer=gpu",
         "trainer=ddp trainer.devices=4",
         "trainer=ddp_sim",
@@ -167,6 +171,119 @@ def test_every_readme_command_is_tested():
         readme_command("python scripts/precompute_ref.py"),
     }
     assert set(readme_commands()) == tested | with_shard_paths
+
+
+# ----------------------------------------------------------------------------------- clusters
+
+SUBMITIT_LOCAL = "python train.py -m hydra/launcher=submitit_local loss.spectral.weight=0,1"
+SLURM = (
+    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu trainer=ddp "
+    "trainer.devices=4 trainer.num_nodes=2 seed=1,2,3"
+)
+OPTUNA = "python train.py -m hparams_search=spec_optuna"
+TORCHRUN = (
+    "torchrun --standalone --nproc-per-node 2 train.py trainer=ddp_sim "
+    "hydra.run.dir=logs/train/runs/torchrun"
+)
+MULTI_NODE_TORCHRUN = (
+    "torchrun --nnodes 2 --nproc-per-node 4 --node-rank $NODE_RANK --master-addr $MASTER_ADDR "
+    "--master-port 29500 train.py trainer=ddp trainer.num_nodes=2 "
+    "hydra.run.dir=logs/train/runs/my-run"
+)
+
+
+def _compose_with_hydra(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_slurm_sweep_composes_with_the_job_size():
+    """Submitting needs SLURM; what can be checked here is what would be submitted."""
+    argv = shlex.split(SLURM)
+    assert argv[:3] == ["python", "train.py", "-m"]
+    seeds = [a for a in argv[3:] if a.startswith("seed=")]
+    assert seeds == ["seed=1,2,3"]  # the sweep axis: three jobs of the array
+    cfg = _compose_with_hydra([a for a in argv[3:] if a not in seeds])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 4, 4)
+    assert launcher["submitit_folder"].endswith("/.submitit/%j")
+
+
+def test_cluster_section_commands_are_tested():
+    section = (ROOT / "README.md").read_text().split("## On a cluster", 1)[1].split("\n## ")[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    commands = [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+    assert commands == [MULTI_NODE_TORCHRUN]
+    # Two machines cannot be started here: its config composes for 2 nodes x 4 GPUs.
+    cfg = _compose_with_hydra(shlex.split(MULTI_NODE_TORCHRUN.split(" train.py ")[1]))
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
+
+
+def _jobs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_runs_each_job_as_its_own_process(shell, user_dir):
+    result = shell(SUBMITIT_LOCAL, *SHORT)
+    assert "Submitit 'local' sweep output dir" in result.output
+    (sweep,) = (user_dir / "logs" / "train" / "multiruns").iterdir()
+    jobs = _jobs(sweep)
+    assert len(jobs) == 2
+    ids = set()
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert "val/spec_diff" in (job / "csv" / "metrics.csv").read_text()
+        run_id = (job / "wandb_id.txt").read_text().strip()
+        (offline_run,) = (job / "wandb").glob("offline-run-*")
+        assert offline_run.name.endswith(run_id)
+        ids.add(run_id)
+    assert len(ids) == 2
+    # Each job ran in a submitit subprocess of its own (one submitit folder per job).
+    submitit_logs = list((sweep / ".submitit").glob("*/*_0_log.out"))
+    assert len(submitit_logs) == 2
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_and_reports_the_best(shell, user_dir):
+    shell(OPTUNA, *SHORT, "hydra.sweeper.n_trials=2")
+    (sweep,) = (user_dir / "logs" / "train" / "multiruns").iterdir()
+    assert len(_jobs(sweep)) == 2
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert set(results.best_params) == {
+        "loss.spectral.weight",
+        "model.optimizer.lr",
+        "loss.spectral.sigma_scale",
+    }
+    assert 0.1 <= results.best_params["loss.spectral.weight"] <= 30.0
+    values = []
+    for job in _jobs(sweep):
+        overrides = list(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        assert any(o.startswith("model.optimizer.lr=") for o in overrides)
+        metrics = (job / "csv" / "metrics.csv").read_text().splitlines()
+        column = metrics[0].split(",").index("val/spec_diff")
+        values += [float(r.split(",")[column]) for r in metrics[1:] if r.split(",")[column]]
+    assert results.best_value == pytest.approx(min(values), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_trains_into_one_run_dir(shell, user_dir):
+    result = shell(TORCHRUN, *SHORT)
+    assert "run finished" in result.output
+    (run,) = _runs(user_dir)
+    assert run.name == "torchrun"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
 # ------------------------------------------------------------------------------- user journeys
