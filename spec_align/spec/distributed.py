@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 from spec_align.spec.linalg import JointCovariance
 
@@ -37,7 +36,19 @@ def gather_rows(local: Tensor) -> Tensor:
     Shapes:
         local: (n_rank, ...) -> (sum of n_rank, ...), on every rank
     """
-    # torchmetrics pads every dimension to the largest rank's and trims after the gather.
-    parts = gather_all_tensors(local)
-    filled = [part for part in parts if len(part)]
-    return torch.cat(filled) if filled else parts[0]
+    world = dist.get_world_size()
+    shape = torch.tensor(local.shape, dtype=torch.int64, device=local.device)
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    # all_gather needs equal shapes: pad every block to the largest size in each dimension.
+    largest = [int(size) for size in torch.stack(shapes).amax(dim=0)]
+    padded = local.new_zeros(largest)
+    padded[tuple(slice(0, size) for size in local.shape)] = local
+    blocks = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(blocks, padded)
+    filled = [
+        block[tuple(slice(0, int(size)) for size in block_shape)]
+        for block, block_shape in zip(blocks, shapes, strict=True)
+        if block_shape[0] > 0
+    ]
+    return torch.cat(filled) if filled else local
