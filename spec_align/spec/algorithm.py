@@ -61,6 +61,16 @@ Sigma = float | str
 # Rows used by sigma="auto": a seeded subsample in memory, the first rows of a stream.
 SIGMA_SAMPLES = 1000
 
+# precision="auto" runs the random-feature path in float32 above this many joint features
+# (m = 4 * rff_dim), where the covariance and the maps dominate the cost (docs/math.md 7.1).
+FLOAT32_MIN_FEATURES = 2048
+
+# On the float32 path, pass 1 keeps the joint features for the scores up to this many bytes,
+# so that a source that fits is read once; a larger one is streamed a second time.
+KEEP_FEATURES_BYTES = 1 << 30
+
+PRECISIONS = ("auto", "float64", "float32")
+
 
 def difference_kernel(
     x: object,
@@ -127,6 +137,7 @@ def compare(
     names: tuple[str, str] = ("x", "y"),
     distributed: bool = False,
     progress: bool = False,
+    precision: str = "auto",
 ) -> SpecResult:
     """Differential clusters of two embeddings of the same samples (SPEC).
 
@@ -164,6 +175,12 @@ def compare(
             data, and a note before the eigen-solve. Totals: the row count of in-memory
             arrays, of a source with a `num_samples` attribute, and of the second pass;
             else the `len()` of the source in batches.
+        precision: arithmetic of the random-feature path (rff_dim set): "float64", "float32"
+            (float32 maps and per-batch products, summed in float64; eigen-solve and scores
+            in float64; deviation ~1e-7 relative, far below the O(D^-1/2) random-feature
+            error, docs/math.md section 7.1), or "auto": float32 when 4 * rff_dim >= 2048.
+            On the float32 path a source whose features fit in 1 GiB is read only once.
+            The exact paths (cosine, rff_dim=None) are always float64.
 
     Returns:
         A `SpecResult`.
@@ -176,6 +193,17 @@ def compare(
     seed = int(seed)
     sigma_x = _check_sigma_or_auto(sigma_x, "sigma_x")
     sigma_y = _check_sigma_or_auto(sigma_y, "sigma_y")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32" and rff_dim is None:
+        raise ValueError(
+            "precision='float32' applies to random Fourier features only (pass rff_dim); the "
+            "exact paths (cosine, rff_dim=None) are float64"
+        )
+    use_float32 = rff_dim is not None and (
+        precision == "float32" or (precision == "auto" and 4 * rff_dim >= FLOAT32_MIN_FEATURES)
+    )
+    dtype = torch.float32 if use_float32 else torch.float64
 
     batches, rows_hint, batches_hint = pair_batches(x, y, batch_size)
     settings = dict(kernel=kernel, eta=eta, rff_dim=rff_dim, seed=seed, names=names)
@@ -200,7 +228,9 @@ def compare(
                 bar.update(1 if per_batch else pair[0].shape[0])
         full_x, full_y = (torch.cat(side) for side in zip(*parts, strict=True))
         return _compare_exact(full_x, full_y, sigma_x, sigma_y, top_k, settings, show)
-    return _compare_features(batches, sigma_x, sigma_y, top_k, settings, distributed, show, totals)
+    return _compare_features(
+        batches, sigma_x, sigma_y, top_k, settings, distributed, show, totals, dtype
+    )
 
 
 def _check_sigma_or_auto(sigma: object, name: str) -> Sigma:
@@ -288,6 +318,7 @@ def _compare_features(
     distributed: bool,
     show: bool = False,
     totals: tuple[int | None, int | None] = (None, None),
+    dtype: torch.dtype = torch.float64,
 ) -> SpecResult:
     kernel, eta = settings["kernel"], settings["eta"]
     stream = batches()
@@ -327,12 +358,20 @@ def _compare_features(
     if distributed:
         accumulator = JointCovariance(map_x.out_dim, map_y.out_dim, eta, device=device)
     fingerprints = Fingerprints()  # compared on the second pass, see spec_align.spec.stream
+    # float32 path: the features are kept for the scores while they fit (one pass only)
+    kept, kept_bytes = ([], 0) if dtype == torch.float32 and not distributed else (None, 0)
     try:
         with _bar(show, "SPEC pass 1/2 (covariance)", totals) as (bar, per_batch):
             for bx, by in stream:
                 bx, by = float64_batch(bx, by, device, widths, fingerprints.batches, "")
                 fingerprints.add(bx, by)
-                joint = mapped_joint_features(map_x, map_y, bx, by, eta)
+                joint = mapped_joint_features(map_x, map_y, bx, by, eta, dtype)
+                if kept is not None:
+                    kept_bytes += joint.numel() * joint.element_size()
+                    if kept_bytes <= KEEP_FEATURES_BYTES:
+                        kept.append(joint)
+                    else:
+                        kept = None  # too large: the scores come from a second pass
                 if accumulator is None and sum(len(b) for b in buffered) + len(joint) <= m:
                     buffered.append(joint)
                 else:
@@ -365,7 +404,7 @@ def _compare_features(
     tolerance = zero_tolerance(min(n, m), 1 + eta)
     sigmas = (sigma_x, sigma_y)
     if accumulator is None:
-        psi = torch.cat(buffered) / math.sqrt(n)
+        psi = torch.cat(buffered).to(torch.float64) / math.sqrt(n)
         _check_finite_matrix(psi, "feature matrix", settings, sigmas)
         progress_note(show, f"SPEC: eigen-solve of the {n} x {n} difference kernel")
         signed_psi = torch.cat([psi[:, : map_x.out_dim], -psi[:, map_x.out_dim :]], dim=1)
@@ -382,19 +421,25 @@ def _compare_features(
         values, vectors, complete = feature_space_eigh(covariance, map_x.out_dim, 1 + eta, top_k)
         columns, num_positive = _mode_columns(values, top_k, tolerance)
         mode_vectors = vectors[:, columns]
-        scores = _stream_scores(
-            batches,
-            map_x,
-            map_y,
-            mode_vectors,
-            n,
-            eta,
-            device,
-            distributed,
-            fingerprints=fingerprints,
-            widths=widths,
-            show=show,
-        )
+        if kept is not None:
+            vectors32 = mode_vectors.to(torch.float32)  # float32 features: float32 products
+            scores = torch.cat([b @ vectors32 for b in kept]).to(torch.float64) / math.sqrt(n)
+            kept = None
+        else:
+            scores = _stream_scores(
+                batches,
+                map_x,
+                map_y,
+                mode_vectors,
+                n,
+                eta,
+                device,
+                distributed,
+                fingerprints=fingerprints,
+                widths=widths,
+                show=show,
+                dtype=dtype,
+            )
     signs = orient_columns(scores)
     if complete:  # the rest of the min(n, m) eigenvalues are exact zeros
         padding = values.new_zeros(min(n, m) - values.shape[0])
@@ -438,6 +483,7 @@ def _stream_scores(
     fingerprints: Fingerprints,
     widths: tuple[int, int],
     show: bool = False,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """Second pass: sample scores from re-streaming the data through the same maps.
 
@@ -457,7 +503,8 @@ def _stream_scores(
                     break  # changed: no need to read on
                 if verifier.second.rows > fingerprints.rows:
                     continue  # more rows than the first pass: only count them
-                parts.append(mapped_joint_features(map_x, map_y, bx, by, eta) @ mode_vectors)
+                joint = mapped_joint_features(map_x, map_y, bx, by, eta, dtype)
+                parts.append((joint @ mode_vectors.to(dtype)).to(torch.float64))
                 bar.update(bx.shape[0])
         failure = None
     except Exception as err:

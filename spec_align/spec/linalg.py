@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from scipy.linalg import blas
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor, nn
 
 __all__ = [
@@ -29,13 +30,16 @@ __all__ = [
 FULL_SOLVE_MAX = 2048
 
 
-def joint_features(phi_x: Tensor, phi_y: Tensor, eta: float) -> Tensor:
-    """The unnormalised rows of Psi, [phi_x, sqrt(eta) phi_y], in float64.
+def joint_features(
+    phi_x: Tensor, phi_y: Tensor, eta: float, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """The unnormalised rows of Psi, [phi_x, sqrt(eta) phi_y], in `dtype` (float64 unless the
+    random-feature path runs in float32, docs/math.md section 7.1).
 
     Shapes:
         phi_x: (b, D_x), phi_y: (b, D_y) -> (b, D_x + D_y)
     """
-    return torch.cat([phi_x.to(torch.float64), phi_y.to(torch.float64) * math.sqrt(eta)], dim=1)
+    return torch.cat([phi_x.to(dtype), phi_y.to(dtype) * math.sqrt(eta)], dim=1)
 
 
 def zero_tolerance(size: int, scale: float) -> float:
@@ -47,20 +51,28 @@ def zero_tolerance(size: int, scale: float) -> float:
 
 
 def mapped_joint_features(
-    map_x: nn.Module, map_y: nn.Module, x: Tensor, y: Tensor, eta: float
+    map_x: nn.Module,
+    map_y: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eta: float,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """`joint_features` of the two embeddings mapped in float64 by their feature maps.
+    """`joint_features` of the two embeddings mapped in `dtype` (default float64) by their maps.
 
     Shapes:
         x: (b, d_x), y: (b, d_y) -> (b, D_x + D_y)
     """
-    return joint_features(map_x(x.to(torch.float64)), map_y(y.to(torch.float64)), eta)
+    return joint_features(map_x(x.to(dtype)), map_y(y.to(dtype)), eta, dtype)
 
 
 class JointCovariance:
     """Streaming accumulator of C = Psi^T Psi in float64; memory O(m^2), independent of n.
 
-    Each batch adds one (b, m) x (m, b) product, so the work is a single large matmul.
+    Each batch adds one (b, m) x (m, b) product in the batch's dtype (float64, or float32 on
+    the random-feature path), added to the float64 sum. On a CPU the product is a BLAS syrk,
+    which computes only one triangle (half the flops of a matmul); the sum therefore holds
+    the upper triangle, and `unnormalized` / `covariance` return the symmetric matrix.
 
     Args:
         dim_x: feature dimension D_x of the first map.
@@ -80,8 +92,19 @@ class JointCovariance:
 
     def update_joint(self, joint: Tensor) -> None:
         """Add a batch of joint features [phi_x, sqrt(eta) phi_y], (b, D_x + D_y)."""
-        joint = joint.to(device=self._sum.device, dtype=torch.float64)
-        self._sum.addmm_(joint.T, joint)
+        joint = joint.to(device=self._sum.device)
+        if joint.dtype not in (torch.float32, torch.float64):
+            joint = joint.to(torch.float64)
+        if joint.device.type == "cpu" and joint.shape[0] > 0:
+            syrk = blas.ssyrk if joint.dtype == torch.float32 else blas.dsyrk
+            # (m, b) Fortran-ordered view of the row-major (b, m) batch: no copy
+            product = syrk(1.0, joint.detach().contiguous().numpy().T, trans=0, lower=1)
+            # the lower triangle, Fortran order = the upper triangle of its C-ordered transpose
+            self._sum.add_(torch.from_numpy(product.T))
+        elif joint.dtype == torch.float64:
+            self._sum.addmm_(joint.T, joint)
+        else:
+            self._sum.add_(joint.T @ joint)
         self.num_samples += joint.shape[0]
 
     def merge_(self, other_sum: Tensor, other_count: int) -> None:
@@ -91,14 +114,19 @@ class JointCovariance:
 
     @property
     def unnormalized(self) -> Tensor:
-        """The running sum Psi^T Psi * n, (m, m)."""
-        return self._sum
+        """The running sum Psi^T Psi * n, (m, m), symmetric (from the upper triangle)."""
+        return self._sum.triu() + self._sum.triu(1).T
 
     def covariance(self) -> Tensor:
         """C = Psi^T Psi with the 1/n normalisation, (m, m)."""
         if self.num_samples == 0:
             raise ValueError("no samples were accumulated: the data source yielded no batches")
-        return self._sum / self.num_samples
+        return self.unnormalized / self.num_samples
+
+
+def _partial_solve(size: int, count: int | None, on_gpu: bool) -> bool:
+    """Whether `symmetric_eigh` returns only the ends of the spectrum (see its docstring)."""
+    return not (count is None or on_gpu or size <= FULL_SOLVE_MAX or 4 * count >= size)
 
 
 def symmetric_eigh(matrix: Tensor, count: int | None = None) -> tuple[Tensor, Tensor]:
@@ -114,7 +142,7 @@ def symmetric_eigh(matrix: Tensor, count: int | None = None) -> tuple[Tensor, Te
     """
     matrix = (matrix + matrix.T) / 2
     size = matrix.shape[0]
-    if count is None or matrix.is_cuda or size <= FULL_SOLVE_MAX or 4 * count >= size:
+    if not _partial_solve(size, count, matrix.is_cuda):
         values, vectors = torch.linalg.eigh(matrix)
         return values.flip(0), vectors.flip(1)
     dense = matrix.detach().cpu().numpy()
@@ -164,11 +192,51 @@ def feature_space_eigh(
         factor = cov_vectors[:, keep] * cov_values[keep].sqrt()
     signed = factor.clone()
     signed[dim_x:] *= -1  # J F
-    small = factor.T @ signed  # F^T J F
-    values, vectors = symmetric_eigh(small, count)
-    nonzero = values.abs() > zero_tolerance(max(small.shape[0], 1), scale)
+    rank = factor.shape[1]
+    solved = None
+    if _partial_solve(rank, count, factor.is_cuda):
+        solved = _implicit_lanczos(factor, dim_x, count, triangular=int(info) == 0)
+    if solved is None:
+        small = factor.T @ signed  # F^T J F
+        values, vectors = symmetric_eigh(small, count)
+    else:
+        values, vectors = solved
+    nonzero = values.abs() > zero_tolerance(max(rank, 1), scale)
     inverse_norm = torch.where(nonzero, 1.0 / values.abs().clamp_min(1e-300), 0.0)
-    return values, (signed @ vectors) * inverse_norm, values.shape[0] == small.shape[0]
+    return values, (signed @ vectors) * inverse_norm, values.shape[0] == rank
+
+
+def _implicit_lanczos(
+    factor: Tensor, dim_x: int, count: int, triangular: bool
+) -> tuple[Tensor, Tensor] | None:
+    """The `count` largest and smallest eigenpairs of T = F^T J F without forming T.
+
+    ARPACK's Lanczos (float64, tol=0, the fixed start vector of `symmetric_eigh`) on the
+    operator w -> F^T (J (F w)): two triangular matrix-vector products with the Cholesky
+    factor (BLAS trmv), or two dense ones for the eigh-based factor. Forming T costs an m^3
+    product; the Lanczos run needs only a few hundred matvecs. None if it does not converge.
+    """
+    dense = np.asfortranarray(factor.detach().cpu().numpy())
+    size = dense.shape[1]
+    signs = np.ones(dense.shape[0])
+    signs[dim_x:] = -1.0
+
+    def matvec(w: np.ndarray) -> np.ndarray:
+        w = np.ascontiguousarray(w, dtype=np.float64).reshape(-1)
+        if triangular:
+            return blas.dtrmv(dense, blas.dtrmv(dense, w, lower=1) * signs, lower=1, trans=1)
+        return dense.T @ ((dense @ w) * signs)
+
+    operator = LinearOperator((size, size), matvec=matvec, dtype=np.float64)
+    start = np.ones(size) / math.sqrt(size)
+    try:
+        values, vectors = eigsh(operator, k=2 * count, which="BE", v0=start, tol=0)
+    except ArpackNoConvergence:
+        return None
+    values = torch.from_numpy(values).to(factor)
+    vectors = torch.from_numpy(vectors).to(factor)
+    order = values.argsort(descending=True)
+    return values[order], vectors[:, order]
 
 
 def orient_columns(scores: Tensor) -> Tensor:
