@@ -112,6 +112,12 @@ def subprocess_env(tmp_path: Path, user_data_root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
+def user_env(subprocess_env: dict[str, str]) -> dict[str, str]:
+    """`subprocess_env` as a user's shell has it: Python's warnings are shown."""
+    return {k: v for k, v in subprocess_env.items() if k != "PYTHONWARNINGS"}
+
+
+@pytest.fixture
 def train_cli_args(tmp_path: Path, data_root: Path) -> list[str]:
     """The base overrides plus test paths, as command-line arguments of train.py."""
     return [

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SMALL_SYNTHETIC
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Small and fast, as a user would shrink a run; no override of what a debug config sets.
@@ -17,7 +19,7 @@ SMALL = [
     "encoder=tiny",
     "ref=tiny",
     "data=synthetic",
-    "data.dataset_kwargs={num_train: 256, num_val: 128, samples_per_shard: 32}",
+    f"data.dataset_kwargs={SMALL_SYNTHETIC}",
     "data.batch_size=32",
     "data.num_workers=0",
     "model.probe_size=64",
@@ -26,11 +28,9 @@ SMALL = [
 
 
 @pytest.fixture
-def user_env(subprocess_env: dict[str, str], data_root: Path) -> dict[str, str]:
-    """The test environment, minus PYTHONWARNINGS=ignore: warnings show as a user sees them."""
-    env = dict(subprocess_env, DATA_ROOT=str(data_root))
-    env.pop("PYTHONWARNINGS", None)
-    return env
+def small_env(user_env: dict[str, str], data_root: Path) -> dict[str, str]:
+    """A user's environment with the session's small synthetic data set."""
+    return dict(user_env, DATA_ROOT=str(data_root))
 
 
 def _train(args: list[str], env: dict[str, str], log_dir: Path) -> str:
@@ -54,9 +54,9 @@ def _run_dir(log_dir: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_fdr_prints_no_inapplicable_notices_and_writes_no_checkpoint(tmp_path, user_env):
+def test_fdr_prints_no_inapplicable_notices_and_writes_no_checkpoint(tmp_path, small_env):
     log_dir = tmp_path / "logs"
-    output = _train(["debug=fdr", *SMALL], user_env, log_dir)
+    output = _train(["debug=fdr", *SMALL], small_env, log_dir)
 
     assert "fast_dev_run" in output  # Lightning's own info lines are captured and kept
     for notice in ("litlogger", "LeafSpec", "limit_train_batches", "limit_val_batches"):
@@ -75,7 +75,7 @@ def test_fdr_prints_no_inapplicable_notices_and_writes_no_checkpoint(tmp_path, u
 
 
 @pytest.mark.slow
-def test_ddp_sim_prints_no_sync_dist_advice(tmp_path, user_env):
+def test_ddp_sim_prints_no_sync_dist_advice(tmp_path, small_env):
     args = [
         "trainer=ddp_sim",
         *SMALL,
@@ -85,7 +85,7 @@ def test_ddp_sim_prints_no_sync_dist_advice(tmp_path, user_env):
         "trainer.limit_val_batches=1",
         "trainer.log_every_n_steps=1",
     ]
-    output = _train(args, user_env, tmp_path / "logs")
+    output = _train(args, small_env, tmp_path / "logs")
 
     assert "MEMBER: 2/2" in output  # both processes ran
     assert "sync_dist" not in output
@@ -93,12 +93,12 @@ def test_ddp_sim_prints_no_sync_dist_advice(tmp_path, user_env):
 
 
 @pytest.mark.slow
-def test_overfit_drives_the_training_loss_far_down(tmp_path, user_env):
+def test_overfit_drives_the_training_loss_far_down(tmp_path, small_env):
     # A training split of exactly one batch: every epoch sees the same samples.
     one_batch = "data.dataset_kwargs={num_train: 32, num_val: 128, samples_per_shard: 32}"
     log_dir = tmp_path / "logs"
     output = _train(
-        ["debug=overfit", *SMALL, one_batch, "logger=csv"], log_dir=log_dir, env=user_env
+        ["debug=overfit", *SMALL, one_batch, "logger=csv"], log_dir=log_dir, env=small_env
     )
 
     assert "smaller than the logging interval" not in output

@@ -72,10 +72,9 @@ def user_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def shell(user_dir: Path, subprocess_env: dict[str, str]):
+def shell(user_dir: Path, user_env: dict[str, str]):
     """Run a README command (plus appended overrides) in `user_dir`; returns the result."""
-    # As a user's shell: Python's warnings are shown.
-    env = {k: v for k, v in subprocess_env.items() if k != "PYTHONWARNINGS"}
+    env = user_env
 
     def _run(
         command: str, *appended: str, ok: bool = True, run: str | None = None, readme=True
