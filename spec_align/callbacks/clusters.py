@@ -116,12 +116,12 @@ class ClusterLogCallback(Callback):
         rff_dim: random Fourier features per side; None: the exact kernel (probe_size
             squared memory, fine up to a few thousand samples).
         normalize: unit-normalise both embeddings first, so norm drift during training does
-            not change the kernel. The Gaussian bandwidths are the training penalty's when it
-            uses the same kernel, normalisation and eta and is fitted by the first evaluation
-            (it is when validation runs first: the sanity check fits it on the same probe);
-            otherwise half the median distance, fixed at the first evaluation. Without a
-            sanity check the penalty is fitted on the first training batch, after the
-            baseline, and the two sets of bandwidths differ.
+            not change the kernel. The Gaussian bandwidths are half the median distance on
+            the whole probe, fixed at the first evaluation. They are deliberately not the
+            training penalty's: those are fitted on whatever the penalty saw first (the sanity
+            check's first batches, split by rank under DDP, or the first training batch), so
+            the analysis would depend on the world size; with its own, the callback's
+            evaluation is the same on 1 or N processes.
         map_method: "pca" or "tsne" for the 2-D map.
         thumbnail_size: side in pixels of the thumbnails kept for grids and tables.
         dirpath: directory of the on-disk artefacts; None: `<default_root_dir>/clusters`.
@@ -273,23 +273,6 @@ class ClusterLogCallback(Callback):
             if trainer.is_global_zero:
                 self._analyse(trainer, encoder, reference, step)
 
-    def _penalty_bandwidths(self, pl_module: LightningModule) -> tuple[float, float] | None:
-        """The training penalty's fitted bandwidths, when it measures this same kernel.
-
-        One set of bandwidths for one question: with the default probe size (the module's),
-        `clusters/spec_diff` is then `val/spec_diff` of the same weights.
-        """
-        penalty = getattr(pl_module, "penalty", None)
-        same = (
-            penalty is not None
-            and penalty.kernel == self.kernel
-            and penalty.normalize == self.normalize
-            and penalty.eta == self.eta
-        )
-        if not same or not penalty.fitted:
-            return None
-        return float(penalty.sigma_encoder_value), float(penalty.sigma_ref_value)
-
     def _read_probe(self, trainer: Trainer, pl_module: LightningModule) -> Probe:
         source = trainer.datamodule if trainer.datamodule is not None else pl_module
         loader = source.val_dataloader()
@@ -323,10 +306,7 @@ class ClusterLogCallback(Callback):
         if self._sigmas is None and self.kernel == "gaussian":
             # Fixed at the first evaluation: a later eigenvalue then differs only because
             # the embeddings did, not because the bandwidth followed them.
-            self._sigmas = self._penalty_bandwidths(trainer.lightning_module) or (
-                estimate_sigma(x, seed=self.seed),
-                estimate_sigma(y, seed=self.seed),
-            )
+            self._sigmas = (estimate_sigma(x, seed=self.seed), estimate_sigma(y, seed=self.seed))
         sigma_x, sigma_y = self._sigmas or (1.0, 1.0)
         result = compare(
             x,

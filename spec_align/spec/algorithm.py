@@ -178,7 +178,8 @@ def compare(
         precision: arithmetic of the random-feature path (rff_dim set): "float64", "float32"
             (float32 maps and per-batch products, summed in float64; eigen-solve and scores
             in float64; deviation ~1e-7 relative, far below the O(D^-1/2) random-feature
-            error, docs/math.md section 7.1), or "auto": float32 when 4 * rff_dim >= 2048.
+            error, docs/math.md section 7.1), or "auto": float32 when 4 * rff_dim >= 2048
+            in one process (float64 when distributed).
             On the float32 path a source whose features fit in 1 GiB is read only once.
             The exact paths (cosine, rff_dim=None) are always float64.
 
@@ -200,8 +201,11 @@ def compare(
             "precision='float32' applies to random Fourier features only (pass rff_dim); the "
             "exact paths (cosine, rff_dim=None) are float64"
         )
+    # Several processes take the covariance path at any n: with n < m there, float32 rounding
+    # in C's null space would pass the float64 zero test as spurious modes.
+    auto_float32 = not distributed and 4 * rff_dim >= FLOAT32_MIN_FEATURES if rff_dim else False
     use_float32 = rff_dim is not None and (
-        precision == "float32" or (precision == "auto" and 4 * rff_dim >= FLOAT32_MIN_FEATURES)
+        precision == "float32" or (precision == "auto" and auto_float32)
     )
     dtype = torch.float32 if use_float32 else torch.float64
 
@@ -442,7 +446,7 @@ def _compare_features(
             )
     signs = orient_columns(scores)
     if complete:  # the rest of the min(n, m) eigenvalues are exact zeros
-        padding = values.new_zeros(min(n, m) - values.shape[0])
+        padding = values.new_zeros(max(min(n, m) - values.shape[0], 0))
         values_shown = torch.cat([values, padding]).sort(descending=True).values
     else:
         values_shown = values

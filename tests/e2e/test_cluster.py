@@ -135,6 +135,7 @@ def test_torchrun_ddp_sees_the_global_probe_as_one_process(
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
+        "model.probe_size=128",  # the whole validation set: both ranks' halves
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run(

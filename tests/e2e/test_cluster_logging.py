@@ -3,7 +3,6 @@ holds the media, the table and the metric keys; the run directory holds the same
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 from pathlib import Path
@@ -19,7 +18,6 @@ from spec_align.data import WdsDataModule
 from spec_align.encoders import ClipEncoder
 from spec_align.losses import ContrastiveLoss, SpectralPenalty
 from spec_align.modules import SpecAlignModule
-from spec_align.train import run
 
 DATA = dict(num_train=128, num_val=96, image_size=32, samples_per_shard=32)
 
@@ -192,24 +190,3 @@ def test_callback_does_not_change_spec_align_training(tmp_path):
         assert watched.trainer_metrics[key] == plain.trainer_metrics[key], key
     for p, q in zip(plain.parameters(), watched.parameters(), strict=True):
         assert torch.equal(p, q)
-
-
-def test_cluster_spec_diff_is_the_modules_val_spec_diff(compose_train, tmp_path):
-    """One probe and one set of bandwidths: the callback and the module measure one quantity."""
-    # A bandwidth rule of the penalty's own: the callback must take the penalty's bandwidths.
-    cfg = compose_train(
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=2",
-        "loss.spectral.sigma_scale=0.25",
-    )
-    _, objects = run(cfg)
-    (callback,) = [c for c in objects["callbacks"] if isinstance(c, ClusterLogCallback)]
-    penalty = objects["model"].penalty
-    assert callback._sigmas == (
-        float(penalty.sigma_encoder_value),
-        float(penalty.sigma_ref_value),
-    )
-    with open(tmp_path / "output" / "csv" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    last = {key: float(row[key]) for row in rows for key in row if row[key] and "spec_diff" in key}
-    assert last["clusters/spec_diff"] == pytest.approx(last["val/spec_diff"], rel=1e-4)

@@ -76,6 +76,7 @@ def test_ddp_sim_trains_with_two_processes(tmp_path, train_cli_args, subprocess_
         "trainer.limit_val_batches=1",
         "trainer.log_every_n_steps=1",
         "task_name=ddp",
+        "model.probe_size=128",  # the whole validation set: both ranks' halves
     ]
     result = subprocess.run(
         command, cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=600
