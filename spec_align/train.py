@@ -185,7 +185,6 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """
     ckpt_path = cfg.get("ckpt_path")
     output_dir, multirun_dir = Path(cfg.paths.output_dir), _current_multirun_dir()
-    # A requeued (or relaunched) job continues its own progress, whatever ckpt_path says.
     own, skipped = own_checkpoint(output_dir)
     if skipped:
         log.warning("skipped checkpoints of this job that do not load: %s", skipped)

@@ -30,6 +30,7 @@ __all__ = [
     "find_resumable",
     "own_checkpoint",
     "is_experiment_key",
+    "newest_loadable",
     "run_config_of",
     "run_name",
 ]
@@ -149,12 +150,9 @@ def find_resumable(
         mtime = max(c.stat().st_mtime for c in checkpoints)
         if newest_other is None or mtime > newest_other[0]:
             newest_other = (mtime, run_dir, differences)
-    skipped: list[str] = []
-    for checkpoint in sorted(matching, key=lambda p: p.stat().st_mtime, reverse=True):
-        problem = checkpoint_problem(checkpoint)
-        if problem is None:
-            return checkpoint, skipped
-        skipped.append(f"{checkpoint} ({problem})")
+    checkpoint, skipped = newest_loadable(matching)
+    if checkpoint is not None:
+        return checkpoint, skipped
     if skipped:
         raise RunDirError(
             "ckpt_path=last: no checkpoint of this experiment loads: " + "; ".join(skipped)
@@ -178,10 +176,14 @@ def own_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[str]]:
     continues from its own progress. Fresh runs get a new timestamped directory, so this
     never applies to them.
     """
-    directory = Path(run_dir) / "checkpoints"
-    checkpoints = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return newest_loadable((Path(run_dir) / "checkpoints").glob("*.ckpt"))
+
+
+def newest_loadable(checkpoints: Iterable[Path]) -> tuple[Path | None, list[str]]:
+    """The newest (by mtime) of `checkpoints` that loads, and 'path (problem)' for each newer
+    one that does not."""
     skipped: list[str] = []
-    for checkpoint in checkpoints:
+    for checkpoint in sorted(checkpoints, key=lambda p: p.stat().st_mtime, reverse=True):
         problem = checkpoint_problem(checkpoint)
         if problem is None:
             return checkpoint, skipped
