@@ -59,8 +59,8 @@ def _peak_rss_mib() -> float:
 
 def authors_algorithm(source, rff_dim: int, top_k: int = 10, eta: float = 1.0, chunk: int = 8):
     """The authors' algorithm as described (see the module docstring): eigenvalues and scores."""
-    from spec_align.spec.algorithm import build_feature_maps
-    from spec_align.spec.features import estimate_sigma
+    from spec_align.spectrum.algorithm import build_feature_maps
+    from spec_align.spectrum.features import estimate_sigma
 
     x, y = (torch.cat(parts) for parts in zip(*source(), strict=True))
     sigma_x = estimate_sigma(x[:1000].double())
@@ -171,7 +171,7 @@ def _gflops(fn, flops: float, repeats: int, device: str) -> float:
 
 def covariance_throughput(rff_dim: int, device: str, repeats: int = 3) -> dict:
     """GFLOP/s of the covariance update next to a plain matmul of the same shapes."""
-    from spec_align.spec.linalg import JointCovariance
+    from spec_align.spectrum.linalg import JointCovariance
 
     m = 4 * rff_dim
     joint = torch.randn(BATCH, m, dtype=torch.float64, device=device)

@@ -1,6 +1,6 @@
 """spec_align: explain and align feature embeddings with SPEC differential clusters."""
 
-from spec_align.spec import (
+from spec_align.spectrum import (
     CosineFeatures,
     JointCovariance,
     RandomFourierFeatures,

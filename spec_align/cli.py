@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from spec_align.spec.validation import KERNELS
+from spec_align.spectrum.validation import KERNELS
 
 __all__ = ["build_parser", "main"]
 
@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         check_report_dir,
         replace_report_dir,
     )
-    from spec_align.spec.distributed import is_distributed
+    from spec_align.spectrum.distributed import is_distributed
 
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         dist.init_process_group("gloo")  # torchrun; gloo works for the CPU tensors read here

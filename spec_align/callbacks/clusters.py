@@ -38,8 +38,8 @@ from spec_align.explain.modes import (
     mode_records,
 )
 from spec_align.losses.divergence import check_finite_embeddings
-from spec_align.spec import SpecResult, compare, estimate_sigma
-from spec_align.spec.validation import KERNELS
+from spec_align.spectrum import SpecResult, compare, estimate_sigma
+from spec_align.spectrum.validation import KERNELS
 
 __all__ = ["DIRECTIONS", "ClusterLogCallback"]
 

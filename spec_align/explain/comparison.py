@@ -7,8 +7,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from spec_align.explain.loading import embedding_batches
-from spec_align.spec import SpecResult, compare
-from spec_align.spec.distributed import is_distributed
+from spec_align.spectrum import SpecResult, compare
+from spec_align.spectrum.distributed import is_distributed
 
 __all__ = ["AUTO_EXACT_MAX_SAMPLES", "AUTO_RFF_DIM", "compare_embeddings", "resolve_rff_dim"]
 

@@ -10,7 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-from spec_align.spec import SpecResult
+from spec_align.spectrum import SpecResult
 
 __all__ = [
     "class_name",

@@ -23,7 +23,7 @@ from PIL import Image
 
 from spec_align.explain.figures import DIRECTION_COLOURS, image_grid, save_png, spectrum_plot
 from spec_align.explain.modes import class_name, label_purity, mode_records
-from spec_align.spec import SpecResult
+from spec_align.spectrum import SpecResult
 
 __all__ = ["REPORT_VERSION", "log_report_to_wandb", "write_report"]
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spec_align.spec import CosineFeatures, RandomFourierFeatures, estimate_sigma, spec_diff
-from spec_align.spec import spec_diff_features as _spec_diff_features
-from spec_align.spec.validation import check_eta, check_kernel, check_positive_int, check_sigma
+from spec_align.spectrum import CosineFeatures, RandomFourierFeatures, estimate_sigma, spec_diff
+from spec_align.spectrum import spec_diff_features as _spec_diff_features
+from spec_align.spectrum.validation import check_eta, check_kernel, check_positive_int, check_sigma
 
 __all__ = ["SpectralPenalty"]
 
@@ -22,7 +22,7 @@ class SpectralPenalty(nn.Module):
 
     Row i of both inputs must be the same sample (the module guarantees it; the authors'
     code paired unrelated images, docs/math.md section 10.2). The value and its gradient come
-    from `spec_align.spec.spec_diff_features` in float64 (exact eigenvector, Rayleigh quotient
+    from `spec_align.spectrum.spec_diff_features` in float64 (exact eigenvector, Rayleigh quotient
     gradient); the reference side carries no gradient.
 
     Gaussian kernel: random Fourier features with one seed for both sides (identical

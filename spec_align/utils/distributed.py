@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from spec_align.spec.distributed import gather_rows
+from spec_align.spectrum.distributed import gather_rows
 
 __all__ = [
     "all_ranks",

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from spec_align import compare
-from spec_align.spec import SourceChangedError
+from spec_align.spectrum import SourceChangedError
 from tests.helpers import clustered_pair, free_port
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from spec_align.spec.distributed import gather_rows
+from spec_align.spectrum.distributed import gather_rows
 from spec_align.utils.distributed import gather_uneven
 from tests.helpers import free_port
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spec_align import RandomFourierFeatures, compare, estimate_sigma, spec_diff
-from spec_align.spec.linalg import orient_columns
+from spec_align.spectrum.linalg import orient_columns
 from tests.helpers import clustered_pair
 
 
@@ -257,7 +257,7 @@ def test_spec_diff_validates_inputs_too():
 def test_partial_lanczos_solve_matches_the_full_solve(monkeypatch, kwargs):
     x, y = clustered_pair(n=300)
     full = compare(x, y, top_k=4, **kwargs)
-    monkeypatch.setattr("spec_align.spec.linalg.FULL_SOLVE_MAX", 20)
+    monkeypatch.setattr("spec_align.spectrum.linalg.FULL_SOLVE_MAX", 20)
     partial = compare(x, y, top_k=4, **kwargs)
     assert full.full_spectrum and not partial.full_spectrum
     assert partial.eigenvalues.shape == (8,)

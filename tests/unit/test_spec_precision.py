@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from spec_align import compare
-from spec_align.spec.linalg import feature_space_eigh
+from spec_align.spectrum.linalg import feature_space_eigh
 from tests.helpers import clustered_pair
 
 # m = 4 * 520 = 2080 > 2048: precision="auto" is float32 and the solve is the partial

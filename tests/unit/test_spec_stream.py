@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from spec_align import compare
-from spec_align.spec import SourceChangedError
-from spec_align.spec.stream import Fingerprints, Verifier
+from spec_align.spectrum import SourceChangedError
+from spec_align.spectrum.stream import Fingerprints, Verifier
 from tests.helpers import clustered_pair
 
 # n > 2 * 2 * RFF: the streaming covariance path, which reads the source a second time.

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-from spec_align.spec.validation import (
+from spec_align.spectrum.validation import (
     as_tensor,
     check_pair,
     check_positive_int,

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from spec_align.spec.linalg import mapped_joint_features
-from spec_align.spec.validation import as_tensor, check_pair
+from spec_align.spectrum.linalg import mapped_joint_features
+from spec_align.spectrum.validation import as_tensor, check_pair
 
 __all__ = ["SpecResult"]
 

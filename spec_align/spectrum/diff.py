@@ -7,10 +7,10 @@ import math
 import torch
 from torch import Tensor
 
-from spec_align.spec.algorithm import Sigma, build_feature_maps
-from spec_align.spec.features import estimate_sigma, gaussian_kernel
-from spec_align.spec.linalg import feature_space_eigh, joint_features, symmetric_eigh
-from spec_align.spec.validation import (
+from spec_align.spectrum.algorithm import Sigma, build_feature_maps
+from spec_align.spectrum.features import estimate_sigma, gaussian_kernel
+from spec_align.spectrum.linalg import feature_space_eigh, joint_features, symmetric_eigh
+from spec_align.spectrum.validation import (
     as_tensor,
     check_eta,
     check_kernel,

@@ -11,15 +11,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from spec_align.spec.distributed import all_reduce_covariance, gather_rows, is_distributed
-from spec_align.spec.features import (
+from spec_align.spectrum.distributed import all_reduce_covariance, gather_rows, is_distributed
+from spec_align.spectrum.features import (
     CosineFeatures,
     RandomFourierFeatures,
     cosine_kernel,
     estimate_sigma,
     gaussian_kernel,
 )
-from spec_align.spec.linalg import (
+from spec_align.spectrum.linalg import (
     JointCovariance,
     feature_space_eigh,
     mapped_joint_features,
@@ -27,7 +27,7 @@ from spec_align.spec.linalg import (
     symmetric_eigh,
     zero_tolerance,
 )
-from spec_align.spec.stream import (
+from spec_align.spectrum.stream import (
     FIX,
     Fingerprints,
     SourceChangedError,
@@ -35,7 +35,7 @@ from spec_align.spec.stream import (
     progress_bar,
     progress_note,
 )
-from spec_align.spec.validation import (
+from spec_align.spectrum.validation import (
     as_tensor,
     check_eta,
     check_kernel,
@@ -53,8 +53,8 @@ __all__ = [
     "difference_kernel",
 ]
 
-from spec_align.spec.result import SpecResult
-from spec_align.spec.sources import float64_batch, pair_batches, peek_rows
+from spec_align.spectrum.result import SpecResult
+from spec_align.spectrum.sources import float64_batch, pair_batches, peek_rows
 
 Sigma = float | str
 
@@ -361,7 +361,7 @@ def _compare_features(
     buffered, accumulator = [], None
     if distributed:
         accumulator = JointCovariance(map_x.out_dim, map_y.out_dim, eta, device=device)
-    fingerprints = Fingerprints()  # compared on the second pass, see spec_align.spec.stream
+    fingerprints = Fingerprints()  # compared on the second pass, see spec_align.spectrum.stream
     # float32 path: the features are kept for the scores while they fit (one pass only)
     kept, kept_bytes = ([], 0) if dtype == torch.float32 and not distributed else (None, 0)
     try:
@@ -492,7 +492,7 @@ def _stream_scores(
     """Second pass: sample scores from re-streaming the data through the same maps.
 
     Every batch is fingerprinted and compared with the first pass's (see
-    `spec_align.spec.stream`): a source that changed raises `SourceChangedError`, on every
+    `spec_align.spectrum.stream`): a source that changed raises `SourceChangedError`, on every
     rank alike when distributed.
     """
     verifier = Verifier(fingerprints)

@@ -12,7 +12,7 @@ import numbers
 import torch
 from torch import Tensor, nn
 
-from spec_align.spec.validation import (
+from spec_align.spectrum.validation import (
     as_tensor,
     check_finite,
     check_positive_int,

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from spec_align.spec.linalg import JointCovariance
+from spec_align.spectrum.linalg import JointCovariance
 
 __all__ = ["all_reduce_covariance", "gather_rows", "is_distributed"]
 

@@ -1,17 +1,17 @@
 """The SPEC core: pure torch, no Lightning or Hydra."""
 
-from spec_align.spec.algorithm import build_feature_maps, compare, difference_kernel
-from spec_align.spec.diff import spec_diff, spec_diff_features
-from spec_align.spec.features import (
+from spec_align.spectrum.algorithm import build_feature_maps, compare, difference_kernel
+from spec_align.spectrum.diff import spec_diff, spec_diff_features
+from spec_align.spectrum.features import (
     CosineFeatures,
     RandomFourierFeatures,
     cosine_kernel,
     estimate_sigma,
     gaussian_kernel,
 )
-from spec_align.spec.linalg import JointCovariance
-from spec_align.spec.result import SpecResult
-from spec_align.spec.stream import SourceChangedError
+from spec_align.spectrum.linalg import JointCovariance
+from spec_align.spectrum.result import SpecResult
+from spec_align.spectrum.stream import SourceChangedError
 
 __all__ = [
     "CosineFeatures",
