@@ -131,6 +131,8 @@ def test_overflowing_data_fails_before_the_solve(monkeypatch):
     assert math.isfinite(compare(huge, y, rff_dim=16, top_k=1).spec_diff)  # auto sigma: fine
     # The safety net before every solve: NaN there would come back as silent NaN.
     nan_kernel = lambda x, y, **kw: torch.full((x.shape[0],) * 2, float("nan"))  # noqa: E731
-    monkeypatch.setattr(sys.modules["spec_align.spectrum.algorithm"], "difference_kernel", nan_kernel)
+    monkeypatch.setattr(
+        sys.modules["spec_align.spectrum.algorithm"], "difference_kernel", nan_kernel
+    )
     with pytest.raises(ValueError, match="difference kernel contains NaN or inf"):
         compare(x, y, sigma_x=1.0, sigma_y=1.0)
