@@ -313,7 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import wandb
 
-    if not wandb.Api().api_key:
+    try:
+        logged_in = bool(wandb.Api().api_key)
+    except wandb.errors.UsageError:  # raised when no API key is configured
+        logged_in = False
+    if not logged_in:
         print(
             "error: saving a workspace needs a W&B login: run `wandb login` or set "
             "WANDB_API_KEY (or check the layout offline with --dry-run)",
