@@ -15,6 +15,7 @@ from spec_align.spectrum import SpecResult
 __all__ = [
     "class_name",
     "dominant_attribute",
+    "label_makeup",
     "label_purity",
     "labelled_share",
     "mode_records",
@@ -41,6 +42,13 @@ def mode_records(result: SpecResult, samples_per_mode: int) -> list[dict]:
     return records
 
 
+def label_makeup(labels: Sequence, top: int = 3) -> list[tuple[object, float]]:
+    """The `top` most common labels of a mode's members, each with its share of the labelled
+    members (most common first; members without a label, None, -1 or "", are left out)."""
+    known = [label for label in labels if label not in _UNKNOWN_LABELS]
+    return [(label, count / len(known)) for label, count in Counter(known).most_common(top)]
+
+
 def label_purity(labels: Sequence) -> tuple[object, float | None]:
     """Majority label of a mode's members and the share of the labelled members carrying it.
 
@@ -50,11 +58,8 @@ def label_purity(labels: Sequence) -> tuple[object, float | None]:
     Returns:
         (label, purity), or (None, None) if no member has a label.
     """
-    known = [label for label in labels if label not in _UNKNOWN_LABELS]
-    if not known:
-        return None, None
-    label, count = Counter(known).most_common(1)[0]
-    return label, count / len(known)
+    makeup = label_makeup(labels, top=1)
+    return makeup[0] if makeup else (None, None)
 
 
 def labelled_share(labels: Sequence) -> float | None:

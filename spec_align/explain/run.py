@@ -21,9 +21,6 @@ __all__ = ["run_compare"]
 
 log = logging.getLogger(__name__)
 
-# compare.yaml names the two sides a/b in its spec keys (user-facing); the library's are x/y.
-_SPEC_KEYS = {"sigma_a": "sigma_x", "sigma_b": "sigma_y"}
-
 
 def run_compare(cfg: DictConfig) -> Path:
     """Extract (or reuse cached) features of `cfg.encoder` and `cfg.ref`, compare, report.
@@ -90,8 +87,8 @@ def run_compare(cfg: DictConfig) -> Path:
             progress=progress,
             num_samples=_expected_samples(urls, cfg.max_samples, cfg.num_workers),
         )
-    spec = {"progress": progress, **{_SPEC_KEYS.get(k, k): v for k, v in cfg.spec.items()}}
-    result = compare_embeddings(cache.a, cache.b, names=names, **spec)
+    spec = {"progress": progress, **cfg.spec}
+    result = compare_embeddings(cache.x, cache.y, names=names, **spec)
     log.info("%s", result)  # before writing: the result is out even if the report fails
     keys, labels = cache.keys(), cache.labels.tolist()
     wanted = {
