@@ -88,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--top-k", type=int, default=10, help="modes per sign")
     spec.add_argument("--seed", type=int, default=0, help="random-feature seed")
     spec.add_argument("--batch-size", type=int, default=8192, help="rows per streamed batch")
+    stability = parser.add_argument_group("stability (how often each mode reappears; noise floor)")
+    stability.add_argument(
+        "--stability",
+        type=int,
+        default=10,
+        metavar="N",
+        help="SPEC reruns on random halves of the samples, and as many on pairs of random "
+        "embeddings for the noise floor; 0: none (default 10: seconds at the default "
+        "--stability-samples)",
+    )
+    stability.add_argument(
+        "--stability-samples",
+        type=int,
+        default=1024,
+        metavar="M",
+        help="analyse a seeded subsample of at most M rows (exact kernels of M/2 and M rows)",
+    )
     sidecar = parser.add_argument_group("per-sample files (.json list, .npy, or one per line)")
     sidecar.add_argument("--labels", help="class labels, for label purity per mode")
     sidecar.add_argument("--class-names", help="names of integer labels (one per line / json)")
@@ -96,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--texts", help="texts, listed per mode when there are no images")
     report = parser.add_argument_group("report")
     report.add_argument("--samples-per-mode", type=int, default=16)
+    report.add_argument(
+        "--map-method", choices=("pca", "tsne"), default="pca", help="layout of the 2-D maps"
+    )
     report.add_argument("--title")
     report.add_argument("--wandb", action="store_true", help="also log to W&B (WANDB_MODE)")
     report.add_argument("--wandb-project", default="spec_align")
@@ -129,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         check_report_dir,
         replace_report_dir,
     )
+    from spec_align.explain.stability import mode_stability
     from spec_align.spectrum.distributed import is_distributed
 
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
@@ -150,6 +171,11 @@ def _run(args: argparse.Namespace) -> int:
             raise ReportDirError(problem)
         if args.samples_per_mode < 1:
             raise ValueError(f"--samples-per-mode must be >= 1, got {args.samples_per_mode}")
+        if args.stability < 0 or args.stability_samples < 8:
+            raise ValueError(
+                f"--stability must be >= 0 (got {args.stability}) and --stability-samples "
+                f">= 8 (got {args.stability_samples})"
+            )
         x = load_embedding(args.x, args.x_key)
         y = load_embedding(args.y, args.y_key)
         names = tuple(args.names or _default_names(args))
@@ -189,6 +215,15 @@ def _run(args: argparse.Namespace) -> int:
         )
         if not writer:
             return 0
+        if args.stability:
+            result.stability = mode_stability(
+                x,
+                y,
+                result,
+                resamples=args.stability,
+                max_samples=args.stability_samples,
+                seed=args.seed,
+            )
         print(result, flush=True)  # the result is out even if writing the report fails
         provenance = {
             f"{names[0]} (x)": os.path.abspath(args.x),
@@ -205,6 +240,8 @@ def _run(args: argparse.Namespace) -> int:
                     class_names=class_names,
                     title=args.title,
                     provenance=provenance,
+                    embeddings=(x, y),
+                    map_method=args.map_method,
                     **sidecars,
                 ),
             )

@@ -57,6 +57,15 @@ def test_compare_writes_a_report_and_reuses_its_features(data_root, tmp_path):
     x = np.load(features / "x.npy")
     assert x.shape == (128, 64)  # every val sample, tiny CLIP's width
     assert np.load(features / "y.npy").shape == (128, 1280)  # EfficientNet-Lite0's width
+    # The cards carry the shards' metadata: a dominant attribute per mode, from the cache.
+    first = (features / "attributes.jsonl").read_text().splitlines()[0]
+    assert json.loads(json.loads(first))["texture"] in ("plain", "stripes", "checker", "dots")
+    fields = {m["attribute"]["field"] for m in summary["modes"] if m["attribute"]}
+    assert fields <= {"shape", "colour", "side", "texture", "label"} and fields
+    assert summary["stability"]["resamples"] == 10 and summary["maps_figure"] == "maps.png"
+    assert all("stability" in m for m in summary["modes"])
+    assert summary["provenance"]["ref"] == "EfficientNetEncoder (pretrained weights)"
+    assert summary["provenance"]["encoder"] == "ClipEncoder tiny_clip (random init)"
 
     # Other SPEC settings on the same encoders and data: the cached features are reused.
     stamp = (features / "x.npy").stat().st_mtime_ns

@@ -8,21 +8,11 @@ import pytest
 from spec_align import compare
 from spec_align.explain import mode_stability
 from spec_align.explain.stability import mode_members
-
-
-def _planted(n=240, seed=0):
-    """Both embeddings form 3 shared groups; x also splits the samples into two groups that y
-    does not, y into two others; plus 48 noise dimensions each."""
-    rng = np.random.default_rng(seed)
-    shared, only_x, only_y = rng.integers(0, 3, n), rng.integers(0, 2, n), rng.integers(0, 2, n)
-    centres = [rng.normal(size=(k, 4)) * 5 for k in (3, 2, 2)]
-    x = np.hstack([centres[0][shared], centres[1][only_x], rng.normal(size=(n, 48))])
-    y = np.hstack([centres[0][shared], centres[2][only_y], rng.normal(size=(n, 48))])
-    return x, y, only_x, only_y
+from tests.helpers import planted_differential
 
 
 def test_planted_modes_reappear_with_an_interval_above_the_noise_floor():
-    x, y, only_x, only_y = _planted()
+    x, y, only_x, only_y = planted_differential()
     result = compare(x, y, top_k=3)
     stability = mode_stability(x, y, result)
     positive, negative = 0, result.num_positive
@@ -62,7 +52,7 @@ def test_independent_noise_is_within_the_noise_floor_and_its_modes_do_not_reappe
 
 
 def test_stability_is_seeded_reported_and_checked(tmp_path):
-    x, y, _, _ = _planted(n=80)
+    x, y, _, _ = planted_differential(n=80)
     result = compare(x, y, top_k=2)
     first = mode_stability(x, y, result, resamples=3, null_draws=2, seed=4)
     assert first == mode_stability(x, y, result, resamples=3, null_draws=2, seed=4)
