@@ -671,6 +671,11 @@ def _sample_cell(sample: dict, column: str) -> str:
     return str(value)
 
 
+def _floor_statistic(stability: dict) -> str:
+    quantile = stability["null_quantile"]
+    return "the largest" if quantile == 1 else f"the {quantile:.0%} quantile"
+
+
 def _reading_html(summary: dict) -> str:
     parts = [
         "<p>A mode's <b>members</b> are the samples scoring at least half its top score; "
@@ -693,10 +698,11 @@ def _reading_html(summary: dict) -> str:
             f"least {stability['match_threshold']:g} with it (matched one to one within each "
             "sign). The interval is the central 95% of the matched eigenvalues. "
             f"<b>Stable</b>: reappears in at least {stability['stable_reappearance']:.0%}.</p>"
-            f"<p><b>Noise floor</b>: the {stability['null_quantile']:.0%} quantile of the top "
-            f"eigenvalue at each end over {stability['null_draws']} SPEC runs on pairs of "
-            "unrelated random embeddings (independent isotropic Gaussians with the dimensions, "
-            "means and total variances of the two, same n and kernel). Such pairs differ too "
+            f"<p><b>Noise floor</b>: {_floor_statistic(stability)} of the top eigenvalue at "
+            f"each end over {stability['null_draws']} SPEC runs on pairs of unrelated random "
+            "embeddings (independent isotropic Gaussians with the dimensions, means and total "
+            "variances of the two, same n and kernel, bandwidths at the same multiple of the "
+            "median distance). Such pairs differ too "
             "(the samples whose norm is smaller in one than in the other), so a mode whose "
             "eigenvalue is not above the floor is no larger than what random embeddings "
             "differ by, even if it reappears.</p>"

@@ -28,7 +28,8 @@ class ModeStability:
     score) to the modes of every resample. The noise floor is the `null_quantile` quantile
     of the top eigenvalue at each end of the spectrum over `null_draws` SPEC runs on
     unrelated random embeddings: independent isotropic Gaussians with the dimensions, means
-    and total variances of x and y, same n, same kernel and bandwidths.
+    and total variances of x and y, same n and kernel, bandwidths at the same multiple of the
+    median distance (1 is the largest of the draws).
 
     Attributes (per-mode lists follow the result's mode order):
         reappearance: share of resamples in which the mode was matched (overlap >=

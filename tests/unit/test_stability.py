@@ -35,7 +35,9 @@ def test_independent_noise_is_within_the_noise_floor_and_its_modes_do_not_reappe
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(240, 64)), rng.normal(size=(240, 64))
     result = compare(x, y, top_k=3)
-    stability = mode_stability(x, y, result)
+    # The observed pair is one more draw of the references' distribution: with 20 draws it
+    # exceeds their largest with probability 1/21 (seeds 1-4: 0.031-0.035 against 0.037).
+    stability = mode_stability(x, y, result, null_draws=20)
     eigenvalues = result.mode_eigenvalues.tolist()
     assert not any(stability.above_noise_floor(value) for value in eigenvalues)
     assert max(eigenvalues) <= stability.noise_floor[0]
