@@ -380,6 +380,7 @@ user-select:none}}
 table.overview th[aria-sort=ascending]::after{{content:" \\25B2"}}
 table.overview th[aria-sort=descending]::after{{content:" \\25BC"}}
 table.overview td{{border-bottom:1px solid #eee;padding:3px 6px}}
+table.overview td:nth-child(-n+4){{white-space:nowrap}}
 tr.positive td:first-child a{{color:{_POSITIVE}}}tr.negative td:first-child a{{color:{_NEGATIVE}}}
 tr.below-floor,.mode.below-floor{{opacity:.55}}
 .badge{{display:inline-block;font-size:.78em;border-radius:3px;padding:0 5px;margin-left:.4em;
@@ -666,6 +667,8 @@ def _sample_cell(sample: dict, column: str) -> str:
     value = sample.get(column, "")
     if column == "score":
         return f"{value:.4g}"
+    if column == "rank":
+        return str(value + 1)  # as in the grids' captions
     if column == "attributes":
         return ", ".join(f"{k}={_number(v)}" for k, v in value.items())
     return str(value)
