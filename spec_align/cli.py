@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1024,
         metavar="M",
-        help="analyse a seeded subsample of at most M rows (exact kernels of M/2 and M rows)",
+        help="analyse a seeded subsample of at most M rows (each rerun: SPEC of M/2 or M rows)",
     )
     sidecar = parser.add_argument_group("per-sample files (.json list, .npy, or one per line)")
     sidecar.add_argument("--labels", help="class labels, for label purity per mode")

@@ -59,6 +59,9 @@ def test_cli_recovers_planted_clusters(features, capsys):
     summary = check_report(out)
     modes = summary["modes"]
     assert summary["names"] == ["A", "B"] and summary["num_positive"] == 2
+    # The default stability analysis: the planted modes reappear in every half.
+    assert summary["stability"]["resamples"] == 10
+    assert modes[0]["stability"]["reappearance"] == 1.0 and modes[0]["stability"]["stable"]
     # A - B: A separates group 0 from group 1 (contrast mode), both poles pure.
     assert modes[0]["direction"] == "A - B" and modes[0]["label_purity"] == 1.0
     assert modes[0]["majority_label"] in (0, 1) and modes[0]["contrast"]
@@ -85,11 +88,14 @@ def test_cli_rff_and_npz_match_library(features):
             "64",
             "--top-k",
             "3",
+            "--stability",
+            "0",
             "--out",
             str(out),
         ]
     )
     summary = json.loads((out / "modes.json").read_text())
+    assert summary["stability"] is None and "stability" not in summary["modes"][0]
     expected = compare_embeddings(a, b, rff_dim=64, top_k=3)
     assert summary["rff_dim"] == 64 and summary["names"] == ["x", "y"]
     assert [m["eigenvalue"] for m in summary["modes"]] == pytest.approx(
