@@ -1,7 +1,7 @@
 """`spec-compare` / `python -m spec_align.cli`: SPEC of two precomputed embeddings, as a report.
 
     spec-compare clip.npy dino.npy --out reports/clip_vs_dino
-    spec-compare feats.npz feats.npz --a-key clip --b-key dino --labels labels.npy \\
+    spec-compare feats.npz feats.npz --x-key clip --y-key dino --labels labels.npy \\
         --images paths.txt --kernel gaussian --rff-dim 1024 --top-k 8
 
 Run under `torchrun --nproc-per-node N` to split the rows over N processes (gloo/nccl); the
@@ -47,14 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="Compare two embeddings of the same samples with SPEC: which sample "
-        "clusters does A form that B does not (positive modes), and the reverse (negative).",
+        "clusters does x form that y does not (positive modes), and the reverse (negative).",
     )
-    # The user's A and B (flags and their namespace fields) are the library's x and y.
-    parser.add_argument("a", help="embedding A: .npy, .npz or .pt, (n, d_a); never unpickled")
-    parser.add_argument("b", help="embedding B of the same n samples in the same row order")
-    parser.add_argument("--a-key", help="array name inside A's .npz / .pt dict")
-    parser.add_argument("--b-key", help="array name inside B's .npz / .pt dict")
-    parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="display names")
+    parser.add_argument("x", help="embedding x: .npy, .npz or .pt, (n, d_x); never unpickled")
+    parser.add_argument("y", help="embedding y of the same n samples in the same row order")
+    parser.add_argument("--x-key", help="array name inside x's .npz / .pt dict")
+    parser.add_argument("--y-key", help="array name inside y's .npz / .pt dict")
+    parser.add_argument(
+        "--names", nargs=2, metavar=("X", "Y"), help="display names (default: file stems)"
+    )
     parser.add_argument(
         "--out",
         "-o",
@@ -74,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spec = parser.add_argument_group("SPEC")
     spec.add_argument("--kernel", choices=KERNELS, default="gaussian")
-    spec.add_argument("--sigma-a", type=_sigma, default="auto", help="float or auto")
-    spec.add_argument("--sigma-b", type=_sigma, default="auto", help="float or auto")
-    spec.add_argument("--eta", type=float, default=1.0, help="weight of B's kernel")
+    spec.add_argument("--sigma-x", type=_sigma, default="auto", help="float or auto")
+    spec.add_argument("--sigma-y", type=_sigma, default="auto", help="float or auto")
+    spec.add_argument("--eta", type=float, default=1.0, help="weight of y's kernel")
     spec.add_argument(
         "--rff-dim",
         type=_rff_dim,
@@ -87,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--top-k", type=int, default=10, help="modes per sign")
     spec.add_argument("--seed", type=int, default=0, help="random-feature seed")
     spec.add_argument("--batch-size", type=int, default=8192, help="rows per streamed batch")
+    stability = parser.add_argument_group("stability (how often each mode reappears; noise floor)")
+    stability.add_argument(
+        "--stability",
+        type=int,
+        default=10,
+        metavar="N",
+        help="SPEC reruns on random halves of the samples, and as many on pairs of random "
+        "embeddings for the noise floor; 0: none (default 10: seconds at the default "
+        "--stability-samples)",
+    )
+    stability.add_argument(
+        "--stability-samples",
+        type=int,
+        default=1024,
+        metavar="M",
+        help="analyse a seeded subsample of at most M rows (each rerun: SPEC of M/2 or M rows)",
+    )
     sidecar = parser.add_argument_group("per-sample files (.json list, .npy, or one per line)")
     sidecar.add_argument("--labels", help="class labels, for label purity per mode")
     sidecar.add_argument("--class-names", help="names of integer labels (one per line / json)")
@@ -95,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--texts", help="texts, listed per mode when there are no images")
     report = parser.add_argument_group("report")
     report.add_argument("--samples-per-mode", type=int, default=16)
+    report.add_argument(
+        "--map-method", choices=("pca", "tsne"), default="pca", help="layout of the 2-D maps"
+    )
     report.add_argument("--title")
     report.add_argument("--wandb", action="store_true", help="also log to W&B (WANDB_MODE)")
     report.add_argument("--wandb-project", default="spec_align")
@@ -128,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         check_report_dir,
         replace_report_dir,
     )
+    from spec_align.explain.stability import mode_stability
     from spec_align.spectrum.distributed import is_distributed
 
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
@@ -149,8 +171,13 @@ def _run(args: argparse.Namespace) -> int:
             raise ReportDirError(problem)
         if args.samples_per_mode < 1:
             raise ValueError(f"--samples-per-mode must be >= 1, got {args.samples_per_mode}")
-        x = load_embedding(args.a, args.a_key)
-        y = load_embedding(args.b, args.b_key)
+        if args.stability < 0 or args.stability_samples < 8:
+            raise ValueError(
+                f"--stability must be >= 0 (got {args.stability}) and --stability-samples "
+                f">= 8 (got {args.stability_samples})"
+            )
+        x = load_embedding(args.x, args.x_key)
+        y = load_embedding(args.y, args.y_key)
         names = tuple(args.names or _default_names(args))
         n = x.shape[0]
         sidecars = {
@@ -176,8 +203,8 @@ def _run(args: argparse.Namespace) -> int:
             x,
             y,
             kernel=args.kernel,
-            sigma_x=args.sigma_a,
-            sigma_y=args.sigma_b,
+            sigma_x=args.sigma_x,
+            sigma_y=args.sigma_y,
             eta=args.eta,
             rff_dim=args.rff_dim,
             top_k=args.top_k,
@@ -188,9 +215,20 @@ def _run(args: argparse.Namespace) -> int:
         )
         if not writer:
             return 0
+        if args.stability:
+            result.stability = mode_stability(
+                x,
+                y,
+                result,
+                resamples=args.stability,
+                max_samples=args.stability_samples,
+                seed=args.seed,
+            )
         print(result, flush=True)  # the result is out even if writing the report fails
-        # Keyed by the positional arguments' names, as the user typed them.
-        provenance = {"a": os.path.abspath(args.a), "b": os.path.abspath(args.b)}
+        provenance = {
+            f"{names[0]} (x)": os.path.abspath(args.x),
+            f"{names[1]} (y)": os.path.abspath(args.y),
+        }
         try:
             check_report_dir(out, overwrite=args.overwrite)  # nothing appeared meanwhile
             index = replace_report_dir(
@@ -202,6 +240,8 @@ def _run(args: argparse.Namespace) -> int:
                     class_names=class_names,
                     title=args.title,
                     provenance=provenance,
+                    embeddings=(x, y),
+                    map_method=args.map_method,
                     **sidecars,
                 ),
             )
@@ -226,9 +266,9 @@ def _as_int(label: object) -> object:
 
 
 def _default_names(args: argparse.Namespace) -> tuple[str, str]:
-    x = args.a_key or Path(args.a).stem
-    y = args.b_key or Path(args.b).stem
-    return (x, y) if x != y else (f"{x} (A)", f"{y} (B)")
+    x = args.x_key or Path(args.x).stem
+    y = args.y_key or Path(args.y).stem
+    return (x, y) if x != y else (f"{x} (x)", f"{y} (y)")
 
 
 if __name__ == "__main__":

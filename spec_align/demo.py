@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from sklearn.datasets import load_digits
 
 from spec_align import SpecResult, compare
 from spec_align.encoders import EfficientNetEncoder
+from spec_align.explain.modes import label_makeup, mode_records
 
 
 def efficientnet_features(images: np.ndarray, image_size: int, batch_size: int = 64) -> np.ndarray:
@@ -39,13 +39,13 @@ def efficientnet_features(images: np.ndarray, image_size: int, batch_size: int =
 def describe(result: SpecResult, labels: np.ndarray, samples: int = 30) -> str:
     """One line per mode: its eigenvalue and the digit make-up of its top samples."""
     lines = []
-    for mode in range(result.num_modes):
-        top = result.top_samples(mode, samples).numpy()
-        counts = Counter(labels[top].tolist()).most_common(3)
-        makeup = ", ".join(f"{100 * c / len(top):.0f}% digit {d}" for d, c in counts)
+    for record in mode_records(result, samples):
+        top = record["top_samples"]
+        makeup = label_makeup(labels[top].tolist(), top=3)
+        shares = ", ".join(f"{share:.0%} digit {digit}" for digit, share in makeup)
         lines.append(
-            f"  [{result.mode_direction(mode)}] mode {mode}: eigenvalue "
-            f"{float(result.mode_eigenvalues[mode]):+.4f}  top {len(top)}: {makeup}"
+            f"  [{record['direction']}] mode {record['mode']}: eigenvalue "
+            f"{record['eigenvalue']:+.4f}  top {len(top)}: {shares}"
         )
     return "\n".join(lines)
 

@@ -29,14 +29,19 @@ def clustered_pair(n=80, d_x=6, d_y=5, seed=0, groups=4):
 class _Links(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.images, self.links = [], []
+        self.images, self.links, self.anchors, self.ids, self.scripts = [], [], [], set(), []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
         if tag == "img":
             self.images.append(attrs["src"])
         elif tag == "a":
-            self.links.append(attrs["href"])
+            href = attrs["href"]
+            (self.anchors if href.startswith("#") else self.links).append(href)
+        elif tag == "script":
+            self.scripts.append(attrs)
 
 
 def planted_groups(n=120, seed=0):
@@ -49,6 +54,17 @@ def planted_groups(n=120, seed=0):
     a = centers_a[groups] + rng.normal(size=(n, 6))
     b = centers_b[groups] + rng.normal(size=(n, 6))
     return a, b, groups
+
+
+def planted_differential(n=240, seed=0):
+    """x and y form 3 shared groups; x also splits the samples into two groups (`only_x`) that
+    y does not, y into two others (`only_y`); plus 48 noise dimensions each."""
+    rng = np.random.default_rng(seed)
+    shared, only_x, only_y = rng.integers(0, 3, n), rng.integers(0, 2, n), rng.integers(0, 2, n)
+    centres = [rng.normal(size=(k, 4)) * 5 for k in (3, 2, 2)]
+    x = np.hstack([centres[0][shared], centres[1][only_x], rng.normal(size=(n, 48))])
+    y = np.hstack([centres[0][shared], centres[2][only_y], rng.normal(size=(n, 48))])
+    return x, y, only_x, only_y
 
 
 def check_report(directory: Path) -> dict:
@@ -66,7 +82,10 @@ def check_report(directory: Path) -> dict:
         assert f"eigenvalue {mode['eigenvalue']:+.5g}" in page
         if mode.get("figure", "").endswith(".png"):
             assert mode["figure"] in parser.images
-    assert "<script" not in page and "stylesheet" not in page  # opens offline, no external assets
+    for anchor in parser.anchors:
+        assert anchor[1:] in parser.ids, f"index.html links to a missing #{anchor[1:]}"
+    # Opens offline: inline script and style only, no external assets.
+    assert all("src" not in attrs for attrs in parser.scripts) and "stylesheet" not in page
     return summary
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "TILE",
     "embedding_maps",
     "image_grid",
+    "mode_membership",
     "project_2d",
     "save_png",
     "spectrum_plot",
@@ -234,6 +235,21 @@ def project_2d(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np
         perplexity = min(30.0, (len(z) - 1) / 3)
         return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)
     raise ValueError(f"unknown map method {method!r}; choose 'pca' or 'tsne'")
+
+
+def mode_membership(
+    members: Sequence[Sequence[int]], eigenvalues: Sequence[float], num_samples: int
+) -> np.ndarray:
+    """Which mode colours each sample in `embedding_maps`: (num_samples,), -1 for none.
+
+    A sample in several modes' member lists keeps the strongest one (largest |eigenvalue|),
+    so the big clusters are not painted over by small ones.
+    """
+    membership = np.full(num_samples, -1)
+    for index in sorted(range(len(members)), key=lambda i: -abs(eigenvalues[i])):
+        rows = np.asarray(members[index], dtype=np.int64)
+        membership[rows[membership[rows] < 0]] = index
+    return membership
 
 
 def _mode_colours(directions: Sequence[int]) -> list[str]:

@@ -121,11 +121,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def embedding_batches(
-    a: np.ndarray | Tensor,
-    b: np.ndarray | Tensor,
+    x: np.ndarray | Tensor,
+    y: np.ndarray | Tensor,
     *,
     batch_size: int = 8192,
-    names: tuple[str, str] = ("a", "b"),
+    names: tuple[str, str] = ("x", "y"),
 ) -> Callable[[], Iterator[tuple[Tensor, Tensor]]]:
     """A re-iterable source of paired float64 batches for `spec_align.compare`.
 
@@ -133,28 +133,28 @@ def embedding_batches(
     memory stays O(batch_size * d). NaN/inf are reported with their global row number.
 
     Args:
-        a: embedding 1, (n, d_a).
-        b: embedding 2, (n, d_b); row i of both is the same sample.
+        x: the first embedding, (n, d_x).
+        y: the second embedding, (n, d_y); row i of both is the same sample.
         batch_size: rows per batch.
         names: how errors name the two inputs (file names).
 
     Returns:
-        A function returning a fresh iterator of (a_batch, b_batch) each call; its
+        A function returning a fresh iterator of (x_batch, y_batch) each call; its
         `num_samples` attribute is n.
 
     Raises:
         InputError: the row counts differ.
     """
-    if a.shape[0] != b.shape[0]:
+    if x.shape[0] != y.shape[0]:
         raise InputError(
-            f"{names[0]} has {a.shape[0]} rows but {names[1]} has {b.shape[0]}: both embeddings "
+            f"{names[0]} has {x.shape[0]} rows but {names[1]} has {y.shape[0]}: both embeddings "
             "must embed the same samples, row i of each being the same sample"
         )
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, a.shape[0], batch_size):
+        for start in range(0, x.shape[0], batch_size):
             pair = []
-            for name, array in zip(names, (a, b), strict=True):
+            for name, array in zip(names, (x, y), strict=True):
                 chunk = array[start : start + batch_size]
                 chunk = (
                     chunk.to(torch.float64)
@@ -173,7 +173,7 @@ def embedding_batches(
                 pair.append(chunk)
             yield pair[0], pair[1]
 
-    batches.num_samples = int(a.shape[0])  # the total of `compare(progress=True)`'s bars
+    batches.num_samples = int(x.shape[0])  # the total of `compare(progress=True)`'s bars
     return batches
 
 

@@ -13,8 +13,12 @@ from collections.abc import Sequence
 from spec_align.spectrum import SpecResult
 
 __all__ = [
+    "attribute_counts",
     "class_name",
+    "describe_attribute",
     "dominant_attribute",
+    "enriched_attribute",
+    "label_makeup",
     "label_purity",
     "labelled_share",
     "mode_records",
@@ -41,6 +45,13 @@ def mode_records(result: SpecResult, samples_per_mode: int) -> list[dict]:
     return records
 
 
+def label_makeup(labels: Sequence, top: int = 3) -> list[tuple[object, float]]:
+    """The `top` most common labels of a mode's members, each with its share of the labelled
+    members (most common first; members without a label, None, -1 or "", are left out)."""
+    known = [label for label in labels if label not in _UNKNOWN_LABELS]
+    return [(label, count / len(known)) for label, count in Counter(known).most_common(top)]
+
+
 def label_purity(labels: Sequence) -> tuple[object, float | None]:
     """Majority label of a mode's members and the share of the labelled members carrying it.
 
@@ -50,11 +61,8 @@ def label_purity(labels: Sequence) -> tuple[object, float | None]:
     Returns:
         (label, purity), or (None, None) if no member has a label.
     """
-    known = [label for label in labels if label not in _UNKNOWN_LABELS]
-    if not known:
-        return None, None
-    label, count = Counter(known).most_common(1)[0]
-    return label, count / len(known)
+    makeup = label_makeup(labels, top=1)
+    return makeup[0] if makeup else (None, None)
 
 
 def labelled_share(labels: Sequence) -> float | None:
@@ -71,36 +79,80 @@ def class_name(label: object, class_names: Sequence[str] | None) -> str | None:
     return None
 
 
-def dominant_attribute(
-    members: Sequence[int], meta: Sequence[dict | None]
-) -> tuple[str | None, float | None]:
-    """The categorical metadata value most over-represented among `members`.
-
-    Enrichment is (share among members - share in the probe) / (1 - share in the probe): 1
-    for a pure cluster of that value, 0 at its base rate, so a common value (e.g. a 40%
-    background) does not win just by being common. Only str/bool fields count.
-
-    Args:
-        members: row indices of the mode's members.
-        meta: per-row metadata dicts (None: no metadata) of the whole sample set.
-
-    Returns:
-        ("field=value", its share among the members), or (None, None) without metadata.
-    """
+def attribute_counts(meta: Sequence[dict | None]) -> dict[str, Counter]:
+    """Per categorical field (str/bool values only), how often each value occurs in `meta`."""
     fields: dict[str, Counter] = {}
     for row in meta:
         for field, value in (row or {}).items():
             if isinstance(value, str | bool):
                 fields.setdefault(field, Counter())[value] += 1
-    best, best_score = (None, None), -math.inf
-    for field, base in fields.items():
+    return fields
+
+
+def enriched_attribute(
+    members: Sequence[int],
+    meta: Sequence[dict | None],
+    counts: dict[str, Counter] | None = None,
+) -> dict | None:
+    """The categorical metadata value most over-represented among `members`.
+
+    Enrichment is (share among members - base rate) / (1 - base rate): 1 for a pure cluster
+    of that value, 0 at its base rate, so a common value (e.g. a 40% background) does not win
+    just by being common. Only str/bool fields count.
+
+    Args:
+        members: row indices of the mode's members.
+        meta: per-row metadata dicts (None: no metadata) of the whole sample set.
+        counts: `attribute_counts(meta)`, when several modes are described (computed once).
+
+    Returns:
+        {"field", "value", "share" (among the members), "base_rate" (among all rows with the
+        field), "enrichment"}, or None without metadata or members.
+    """
+    counts = attribute_counts(meta) if counts is None else counts
+    best, best_score = None, -math.inf
+    if not len(members):
+        return None
+    for field, base in counts.items():
         total = sum(base.values())
         inside = Counter(
             meta[i][field] for i in members if meta[i] is not None and field in meta[i]
         )
         for value, count in inside.items():
+            if not isinstance(value, str | bool):
+                continue
             share, prior = count / len(members), base[value] / total
             score = (share - prior) / (1 - prior) if prior < 1 else 0.0
             if score > best_score:
-                best, best_score = (f"{field}={value}", share), score
+                best_score = score
+                best = {
+                    "field": field,
+                    "value": value,
+                    "share": share,
+                    "base_rate": prior,
+                    "enrichment": score,
+                }
     return best
+
+
+def dominant_attribute(
+    members: Sequence[int], meta: Sequence[dict | None]
+) -> tuple[str | None, float | None]:
+    """`enriched_attribute` as ("field=value", its share among the members), or (None, None)."""
+    best = enriched_attribute(members, meta)
+    if best is None:
+        return None, None
+    return f"{best['field']}={best['value']}", best["share"]
+
+
+def describe_attribute(attribute: dict | None) -> str | None:
+    """A phrase for a mode's enriched attribute: "mostly texture=stripes (92% vs 30% of all
+    samples)" when it holds most members, "more texture=stripes than overall (...)" when it
+    is only enriched; None when nothing is over-represented."""
+    if attribute is None or attribute["enrichment"] <= 0:
+        return None
+    rates = f"({attribute['share']:.0%} vs {attribute['base_rate']:.0%} of all samples)"
+    what = f"{attribute['field']}={attribute['value']}"
+    if attribute["share"] >= 0.5:
+        return f"mostly {what} {rates}"
+    return f"more {what} than overall {rates}"

@@ -16,13 +16,11 @@ from spec_align.explain.comparison import compare_embeddings
 from spec_align.explain.extract import FeatureCache, PairTransform, extract_features
 from spec_align.explain.report import log_report_to_wandb, write_report
 from spec_align.explain.report_dir import check_report_dir, replace_report_dir
+from spec_align.explain.stability import mode_stability
 
 __all__ = ["run_compare"]
 
 log = logging.getLogger(__name__)
-
-# compare.yaml names the two sides a/b in its spec keys (user-facing); the library's are x/y.
-_SPEC_KEYS = {"sigma_a": "sigma_x", "sigma_b": "sigma_y"}
 
 
 def run_compare(cfg: DictConfig) -> Path:
@@ -90,8 +88,17 @@ def run_compare(cfg: DictConfig) -> Path:
             progress=progress,
             num_samples=_expected_samples(urls, cfg.max_samples, cfg.num_workers),
         )
-    spec = {"progress": progress, **{_SPEC_KEYS.get(k, k): v for k, v in cfg.spec.items()}}
-    result = compare_embeddings(cache.a, cache.b, names=names, **spec)
+    spec = {"progress": progress, **cfg.spec}
+    result = compare_embeddings(cache.x, cache.y, names=names, **spec)
+    if cfg.stability.resamples:
+        result.stability = mode_stability(
+            cache.x,
+            cache.y,
+            result,
+            resamples=cfg.stability.resamples,
+            max_samples=cfg.stability.max_samples,
+            seed=cfg.stability.seed,
+        )
     log.info("%s", result)  # before writing: the result is out even if the report fails
     keys, labels = cache.keys(), cache.labels.tolist()
     wanted = {
@@ -114,7 +121,10 @@ def run_compare(cfg: DictConfig) -> Path:
             labels=labels,
             class_names=(datamodule.dataset_info or {}).get("classes"),
             texts=cache.texts(),
+            attributes=cache.attributes(),
             load_image=lambda i: thumbnails.get(keys[i]),
+            embeddings=(cache.x, cache.y),
+            map_method=cfg.report.map_method,
             provenance={
                 names[0]: _describe(cfg.encoder),
                 names[1]: _describe(cfg.ref.encoder),
@@ -152,9 +162,18 @@ def _expected_samples(urls: list[str], max_samples: int | None, num_workers: int
 
 
 def _describe(node: DictConfig) -> str:
-    """A short name of an encoder config node: class, model and weights."""
+    """A short name of an encoder config node: "EfficientNetEncoder (pretrained weights)",
+    "OpenClipEncoder ViT-B-32 (weights: openai)", "TinyEncoder (random init)"."""
     parts = [str(node.get("_target_", "?")).rsplit(".", 1)[-1]]
-    parts += [str(node[k]) for k in ("model_name", "pretrained") if node.get(k) is not None]
+    if node.get("model_name") is not None:
+        parts.append(str(node.model_name))
+    pretrained = node.get("pretrained")
+    if pretrained is True:
+        parts.append("(pretrained weights)")
+    elif pretrained:
+        parts.append(f"(weights: {pretrained})")
+    elif "pretrained" in node:
+        parts.append("(random init)")
     return " ".join(parts)
 
 

@@ -11,7 +11,82 @@ from torch import Tensor, nn
 from spec_align.spectrum.linalg import mapped_joint_features
 from spec_align.spectrum.validation import as_tensor, check_pair
 
-__all__ = ["SpecResult"]
+__all__ = ["ModeStability", "SpecResult"]
+
+# A mode is called stable when it reappears in at least this share of the resamples.
+STABLE_REAPPEARANCE = 0.8
+
+
+@dataclass
+class ModeStability:
+    """How reproducible the modes of a `SpecResult` are under resampling of the samples.
+
+    Computed by `spec_align.explain.mode_stability`: SPEC is recomputed on `resamples`
+    random subsets (`fraction` of the `sample_size` rows, without replacement) with the
+    result's kernel, bandwidths and features, and each mode is matched (jointly within its
+    sign, by the Jaccard overlap of its members: the samples scoring at least half its top
+    score) to the modes of every resample. The noise floor is the `null_quantile` quantile
+    of the top eigenvalue at each end of the spectrum over `null_draws` SPEC runs on
+    unrelated random embeddings: independent isotropic Gaussians with the dimensions, means
+    and total variances of x and y, same n and kernel, bandwidths at the same multiple of the
+    median distance (1 is the largest of the draws).
+
+    Attributes (per-mode lists follow the result's mode order):
+        reappearance: share of resamples in which the mode was matched (overlap >=
+            `match_threshold`).
+        overlap: mean Jaccard overlap of the matches (None where it never reappeared).
+        eigenvalue_low, eigenvalue_high: the central 95% range of the matched eigenvalues
+            (None with fewer than two matches).
+        null_positive, null_negative: the reference runs' largest eigenvalue and the
+            magnitude of their most negative one.
+        noise_floor: (positive, negative) floors: an eigenvalue of that sign whose magnitude
+            is at most its floor is no larger than what two unrelated random embeddings of
+            this size and shape give.
+    """
+
+    resamples: int
+    fraction: float
+    sample_size: int
+    match_threshold: float
+    null_draws: int
+    null_quantile: float
+    seed: int
+    reappearance: list[float]
+    overlap: list[float | None]
+    eigenvalue_low: list[float | None]
+    eigenvalue_high: list[float | None]
+    null_positive: list[float]
+    null_negative: list[float]
+    noise_floor: tuple[float, float]
+
+    def above_noise_floor(self, eigenvalue: float) -> bool:
+        """Whether an eigenvalue is larger in magnitude than the floor of its sign."""
+        floor = self.noise_floor[0] if eigenvalue > 0 else self.noise_floor[1]
+        return abs(eigenvalue) > floor
+
+    def is_stable(self, mode: int) -> bool:
+        """Whether `mode` reappears in at least `STABLE_REAPPEARANCE` of the resamples."""
+        return self.reappearance[mode] >= STABLE_REAPPEARANCE
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy (lists and floats)."""
+        return {
+            "resamples": self.resamples,
+            "fraction": self.fraction,
+            "sample_size": self.sample_size,
+            "match_threshold": self.match_threshold,
+            "null_draws": self.null_draws,
+            "null_quantile": self.null_quantile,
+            "seed": self.seed,
+            "stable_reappearance": STABLE_REAPPEARANCE,
+            "reappearance": list(self.reappearance),
+            "overlap": list(self.overlap),
+            "eigenvalue_low": list(self.eigenvalue_low),
+            "eigenvalue_high": list(self.eigenvalue_high),
+            "null_positive": list(self.null_positive),
+            "null_negative": list(self.null_negative),
+            "noise_floor": list(self.noise_floor),
+        }
 
 
 @dataclass
@@ -42,6 +117,7 @@ class SpecResult:
         spec_diff: operator norm of the difference kernel, max(lambda_max, -lambda_min).
         names: display names of the two embeddings.
         method: "exact" (n x n kernel) or "features" ((D_x + D_y)-square dual).
+        stability: the modes' `ModeStability`, when one was computed (None otherwise).
     """
 
     eigenvalues: Tensor
@@ -61,6 +137,7 @@ class SpecResult:
     feature_map_x: nn.Module | None = field(default=None, repr=False)
     feature_map_y: nn.Module | None = field(default=None, repr=False)
     mode_vectors: Tensor | None = field(default=None, repr=False)
+    stability: ModeStability | None = field(default=None, repr=False)
 
     @property
     def num_samples(self) -> int:
@@ -127,6 +204,7 @@ class SpecResult:
             "num_samples": self.num_samples,
             "spec_diff": self.spec_diff,
             "modes": modes,
+            "stability": None if self.stability is None else self.stability.to_dict(),
         }
 
     def __str__(self) -> str:
@@ -154,6 +232,21 @@ class SpecResult:
                 top = ", ".join(str(i) for i in self.top_samples(j, 8).tolist())
                 lines.append(
                     f"  mode {j:2d}  eigenvalue {float(self.mode_eigenvalues[j]):+.5f}"
-                    f"  top samples: {top}"
+                    f"{self._stability_note(j)}  top samples: {top}"
                 )
+        if self.stability is not None:
+            floor = self.stability.noise_floor
+            lines.append(
+                f"noise floor (top eigenvalue of {self.stability.null_draws} pairs of random "
+                f"embeddings): +{floor[0]:.5f} / -{floor[1]:.5f}; reappearance over "
+                f"{self.stability.resamples} resamples of {self.stability.fraction:.0%} of "
+                f"{self.stability.sample_size} samples"
+            )
         return "\n".join(lines)
+
+    def _stability_note(self, mode: int) -> str:
+        if self.stability is None:
+            return ""
+        eigenvalue = float(self.mode_eigenvalues[mode])
+        floor = "" if self.stability.above_noise_floor(eigenvalue) else ", below noise floor"
+        return f"  (reappears {self.stability.reappearance[mode]:.0%}{floor})"

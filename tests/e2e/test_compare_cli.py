@@ -20,8 +20,8 @@ from tests.helpers import check_report, planted_groups
 @pytest.fixture
 def features(tmp_path):
     a, b, groups = planted_groups(n=150)
-    np.save(tmp_path / "a.npy", a.astype(np.float32))
-    torch.save({"emb": torch.from_numpy(b)}, tmp_path / "b.pt")
+    np.save(tmp_path / "x.npy", a.astype(np.float32))
+    torch.save({"emb": torch.from_numpy(b)}, tmp_path / "y.pt")
     np.save(tmp_path / "labels.npy", groups)
     (tmp_path / "texts.txt").write_text("".join(f"text {i}\n" for i in range(150)))
     return tmp_path
@@ -31,17 +31,17 @@ def test_cli_recovers_planted_clusters(features, capsys):
     out = features / "report"
     status = main(
         [
-            str(features / "a.npy"),
-            str(features / "b.pt"),
-            "--b-key",
+            str(features / "x.npy"),
+            str(features / "y.pt"),
+            "--y-key",
             "emb",
             "--labels",
             str(features / "labels.npy"),
             "--texts",
             str(features / "texts.txt"),
-            "--sigma-a",
+            "--sigma-x",
             "3",
-            "--sigma-b",
+            "--sigma-y",
             "3",
             "--top-k",
             "2",
@@ -59,6 +59,9 @@ def test_cli_recovers_planted_clusters(features, capsys):
     summary = check_report(out)
     modes = summary["modes"]
     assert summary["names"] == ["A", "B"] and summary["num_positive"] == 2
+    # The default stability analysis: the planted modes reappear in every half.
+    assert summary["stability"]["resamples"] == 10
+    assert modes[0]["stability"]["reappearance"] == 1.0 and modes[0]["stability"]["stable"]
     # A - B: A separates group 0 from group 1 (contrast mode), both poles pure.
     assert modes[0]["direction"] == "A - B" and modes[0]["label_purity"] == 1.0
     assert modes[0]["majority_label"] in (0, 1) and modes[0]["contrast"]
@@ -71,27 +74,30 @@ def test_cli_recovers_planted_clusters(features, capsys):
 
 def test_cli_rff_and_npz_match_library(features):
     a, b, _ = planted_groups(n=150)
-    np.savez(features / "both.npz", a=a, b=b)
+    np.savez(features / "both.npz", x=a, y=b)
     out = features / "r"
     main(
         [
             str(features / "both.npz"),
             str(features / "both.npz"),
-            "--a-key",
-            "a",
-            "--b-key",
-            "b",
+            "--x-key",
+            "x",
+            "--y-key",
+            "y",
             "--rff-dim",
             "64",
             "--top-k",
             "3",
+            "--stability",
+            "0",
             "--out",
             str(out),
         ]
     )
     summary = json.loads((out / "modes.json").read_text())
+    assert summary["stability"] is None and "stability" not in summary["modes"][0]
     expected = compare_embeddings(a, b, rff_dim=64, top_k=3)
-    assert summary["rff_dim"] == 64 and summary["names"] == ["a", "b"]
+    assert summary["rff_dim"] == 64 and summary["names"] == ["x", "y"]
     assert [m["eigenvalue"] for m in summary["modes"]] == pytest.approx(
         expected.mode_eigenvalues.tolist(), rel=1e-9
     )
@@ -107,7 +113,7 @@ def _error(capsys, argv):
 # torch warns about the pickle protocol before its weights-only loader refuses the file.
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_cli_errors_are_clear(features, capsys):
-    a = str(features / "a.npy")
+    a = str(features / "x.npy")
     np.save(features / "short.npy", np.zeros((10, 3)))
     assert "150 rows but" in _error(capsys, [a, str(features / "short.npy")])
 
@@ -128,7 +134,7 @@ def test_cli_errors_are_clear(features, capsys):
     np.save(features / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     assert "pickled objects are refused" in _error(capsys, [a, str(features / "obj.npy")])
     assert "no such file" in _error(capsys, [a, str(features / "missing.npy")])
-    assert "has no array 'nope'" in _error(capsys, [a, str(features / "b.pt"), "--b-key", "nope"])
+    assert "has no array 'nope'" in _error(capsys, [a, str(features / "y.pt"), "--y-key", "nope"])
     np.save(features / "labels_short.npy", np.zeros(3, dtype=int))
     message = _error(capsys, [a, a, "--labels", str(features / "labels_short.npy"), "--out", "x"])
     assert "3 entries but the embeddings have 150 rows" in message
@@ -137,7 +143,7 @@ def test_cli_errors_are_clear(features, capsys):
 
 
 def test_load_embedding_keeps_npy_memory_mapped(features):
-    assert isinstance(load_embedding(features / "a.npy"), np.memmap)
+    assert isinstance(load_embedding(features / "x.npy"), np.memmap)
 
 
 @pytest.mark.slow
@@ -147,8 +153,8 @@ def test_module_entry_point_runs(features):
             sys.executable,
             "-m",
             "spec_align.cli",
-            str(features / "a.npy"),
-            str(features / "a.npy"),
+            str(features / "x.npy"),
+            str(features / "x.npy"),
             "--kernel",
             "cosine",
             "--top-k",
@@ -168,9 +174,9 @@ def test_module_entry_point_runs(features):
 # the report directory: checked first, never half-written, never silently overwritten
 def _argv(features, out, *extra):
     return [
-        str(features / "a.npy"),
-        str(features / "b.pt"),
-        "--b-key",
+        str(features / "x.npy"),
+        str(features / "y.pt"),
+        "--y-key",
         "emb",
         "--texts",
         str(features / "texts.txt"),
@@ -191,7 +197,7 @@ def _no_compute(monkeypatch):
 
 def test_cli_checks_the_report_dir_before_computing(features, capsys, monkeypatch):
     _no_compute(monkeypatch)
-    message = _error(capsys, _argv(features, features / "a.npy" / "report"))
+    message = _error(capsys, _argv(features, features / "x.npy" / "report"))
     assert "cannot be created" in message and "is not a directory" in message
     (features / "old").mkdir()
     (features / "old" / "index.html").write_text("<html></html>")

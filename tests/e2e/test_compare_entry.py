@@ -54,12 +54,21 @@ def test_compare_writes_a_report_and_reuses_its_features(data_root, tmp_path):
     directions = {mode["direction"] for mode in summary["modes"]}
     assert len(summary["modes"]) == 6 and len(directions) == 2  # top_k modes of each sign
     features = Path(cfg.cache_dir)
-    a = np.load(features / "a.npy")
-    assert a.shape == (128, 64)  # every val sample, tiny CLIP's width
-    assert np.load(features / "b.npy").shape == (128, 1280)  # EfficientNet-Lite0's width
+    x = np.load(features / "x.npy")
+    assert x.shape == (128, 64)  # every val sample, tiny CLIP's width
+    assert np.load(features / "y.npy").shape == (128, 1280)  # EfficientNet-Lite0's width
+    # The cards carry the shards' metadata: a dominant attribute per mode, from the cache.
+    first = (features / "attributes.jsonl").read_text().splitlines()[0]
+    assert json.loads(json.loads(first))["texture"] in ("plain", "stripes", "checker", "dots")
+    fields = {m["attribute"]["field"] for m in summary["modes"] if m["attribute"]}
+    assert fields <= {"shape", "colour", "side", "texture", "label"} and fields
+    assert summary["stability"]["resamples"] == 10 and summary["maps_figure"] == "maps.png"
+    assert all("stability" in m for m in summary["modes"])
+    assert summary["provenance"]["ref"] == "EfficientNetEncoder (pretrained weights)"
+    assert summary["provenance"]["encoder"] == "ClipEncoder tiny_clip (random init)"
 
     # Other SPEC settings on the same encoders and data: the cached features are reused.
-    stamp = (features / "a.npy").stat().st_mtime_ns
+    stamp = (features / "x.npy").stat().st_mtime_ns
     rerun = _compose(
         data_root,
         tmp_path / "second",
@@ -68,14 +77,14 @@ def test_compare_writes_a_report_and_reuses_its_features(data_root, tmp_path):
         "spec.rff_dim=null",
     )
     check_report(run_compare(rerun).parent)
-    assert (features / "a.npy").stat().st_mtime_ns == stamp
+    assert (features / "x.npy").stat().st_mtime_ns == stamp
 
     # A different encoder invalidates the cache instead of reusing stale features.
     other = _compose(
         data_root, tmp_path / "third", f"cache_dir={features}", "ref.encoder.image_size=32"
     )
     run_compare(other)
-    assert (features / "a.npy").stat().st_mtime_ns != stamp
+    assert (features / "x.npy").stat().st_mtime_ns != stamp
 
 
 def test_compare_refuses_an_occupied_report_dir_before_extracting(data_root, tmp_path):

@@ -159,8 +159,8 @@ def test_every_readme_command_is_tested():
         "trainer=ddp_sim",
         *SHORT_RUNS,
         "python compare.py encoder=tiny ref=efficientnet data=digits",
-        "spec-compare a.npy b.pt --b-key emb --labels labels.npy --images paths.txt --out report/",
-        "torchrun --nproc-per-node 2 -m spec_align.cli a.npy b.npy --rff-dim 1024",
+        "spec-compare x.npy y.pt --y-key emb --labels labels.npy --images paths.txt --out report/",
+        "torchrun --nproc-per-node 2 -m spec_align.cli x.npy y.npy --rff-dim 1024",
         WANDB_WORKSPACE,
         "python scripts/make_shards.py --folder images/ --out shards/",
         "python scripts/make_shards.py --csv pairs.csv --out shards/",
@@ -415,21 +415,21 @@ def test_compare_two_encoders_on_digits(shell, user_dir):
 def _features(directory: Path, n: int = 300) -> None:
     rng = np.random.default_rng(0)
     labels = np.arange(n) % 3
-    np.save(directory / "a.npy", rng.normal(size=(3, 8))[labels] * 3 + rng.normal(size=(n, 8)))
-    torch.save({"emb": torch.randn(n, 6, dtype=torch.float64)}, directory / "b.pt")
+    np.save(directory / "x.npy", rng.normal(size=(3, 8))[labels] * 3 + rng.normal(size=(n, 8)))
+    torch.save({"emb": torch.randn(n, 6, dtype=torch.float64)}, directory / "y.pt")
     np.save(directory / "labels.npy", labels)
     (directory / "img").mkdir()
     for i in range(n):
         Image.new("RGB", (8, 8), (40 * labels[i], 0, 0)).save(directory / "img" / f"{i}.png")
     (directory / "paths.txt").write_text("".join(f"img/{i}.png\n" for i in range(n)))
-    np.save(directory / "b.npy", rng.normal(size=(n, 5)))
+    np.save(directory / "y.npy", rng.normal(size=(n, 5)))
 
 
 @pytest.mark.slow
 def test_spec_compare_writes_a_report(shell, user_dir):
     _features(user_dir)
     shell(
-        "spec-compare a.npy b.pt --b-key emb --labels labels.npy --images paths.txt --out report/"
+        "spec-compare x.npy y.pt --y-key emb --labels labels.npy --images paths.txt --out report/"
     )
     summary = json.loads((user_dir / "report" / "modes.json").read_text())
     assert summary["modes"]
@@ -438,7 +438,7 @@ def test_spec_compare_writes_a_report(shell, user_dir):
 @pytest.mark.slow
 def test_torchrun_compare(shell, user_dir):
     _features(user_dir)
-    result = shell("torchrun --nproc-per-node 2 -m spec_align.cli a.npy b.npy --rff-dim 1024")
+    result = shell("torchrun --nproc-per-node 2 -m spec_align.cli x.npy y.npy --rff-dim 1024")
     assert "SPEC-diff" in result.output
 
 

@@ -1,12 +1,16 @@
 """The report directory: files exist, reference each other, and agree with the result."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from spec_align import compare
-from spec_align.explain import label_purity, write_report
-from tests.helpers import check_report, planted_groups
+from spec_align.explain import label_purity, mode_stability, write_report
+from spec_align.explain.stability import mode_members
+from tests.helpers import check_report, planted_differential, planted_groups
 
 
 def test_report_files_reference_each_other(tmp_path):
@@ -69,3 +73,62 @@ def test_html_escapes_names(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
     check_report(tmp_path)
+
+
+def test_overview_maps_attributes_and_the_noise_floor(tmp_path):
+    x, y, only_x, only_y = planted_differential()
+    result = compare(x, y, top_k=3, names=("enc", "ref"))
+    result.stability = mode_stability(x, y, result, resamples=6)
+    n = len(only_x)
+    textures = ["stripes" if g else "plain" for g in only_x]
+    attributes = [
+        {"texture": t, "side": "left" if s else "right", "cx": 0.123456789}
+        for t, s in zip(textures, only_y, strict=True)
+    ]
+    attributes[5] = None  # a sample without metadata
+    texts = [f"caption {i}" for i in range(n)]
+    labels = (np.arange(n) % 3).tolist()
+    write_report(
+        result,
+        tmp_path,
+        samples_per_mode=4,
+        labels=labels,
+        texts=texts,
+        attributes=attributes,
+        embeddings=(x, y),
+        provenance={"ref": "EfficientNetEncoder (pretrained weights)"},
+    )
+    summary = check_report(tmp_path)
+    assert summary["maps_figure"] == "maps.png"
+    assert Image.open(tmp_path / "maps.png").size[0] == 1000  # one 5-inch panel per embedding
+    assert summary["stability"]["noise_floor"] == list(result.stability.noise_floor)
+    positive, negative = summary["modes"][0], summary["modes"][summary["num_positive"]]
+    # The planted groups win over the (non-enriched) label: texture for x, side for y.
+    assert positive["attribute"]["field"] == "texture"
+    # Every member with metadata has the one texture (sample 5 has none: counted as other).
+    assert positive["attribute"]["share"] > 0.95 and positive["attribute"]["enrichment"] > 0.9
+    assert positive["description"].startswith("mostly texture=")
+    assert negative["attribute"]["field"] == "side" and negative["description"]
+    for mode in summary["modes"]:
+        members = mode_members(result.scores[:, mode["mode"]])
+        assert mode["members"] == len(members) and mode["share"] == len(members) / n
+        assert mode["stability"]["reappearance"] == result.stability.reappearance[mode["mode"]]
+    assert positive["stability"]["above_noise_floor"] and positive["stability"]["stable"]
+    assert [s["text"] for s in positive["top"]] == [texts[s["index"]] for s in positive["top"]]
+
+    page = (tmp_path / "index.html").read_text()
+    overview = page.split('id="overview-table"', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<tr class="(positive|negative)( below-floor)?">', overview)
+    assert len(rows) == result.num_modes
+    below = [not m["stability"]["above_noise_floor"] for m in summary["modes"]]
+    assert [bool(flag) for _, flag in rows] == below and any(below) and not all(below)
+    assert page.count("below noise floor</span>") == 2 * sum(below)  # overview and card
+    assert "enc groups samples with mostly texture=" in page
+    assert f"<td>{positive['top'][0]['text']}</td>" in page  # captions in the cards
+    assert "cx=0.1235" in page and "0.123456789" not in page
+    # Sensible numbers: no float shown with more than 6 significant digits (the sort keys
+    # in data-value attributes keep theirs).
+    shown = re.sub(r'data-value="[^"]*"', "", page.split("<script>", 1)[0])
+    assert not re.search(r"\d\.\d{7,}", shown)
+    for anchor in ("overview", "maps", "spectrum", "settings", "modes-positive", "reading"):
+        assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page

@@ -30,25 +30,25 @@ def _encoder(dim, seed):
 
 
 def test_cache_round_trip_matches_in_memory_features(tmp_path):
-    enc_a, enc_b = _encoder(5, 0), _encoder(7, 1)
+    enc_x, enc_y = _encoder(5, 0), _encoder(7, 1)
     cache = extract_features(
-        _batches(), enc_a, enc_b, tmp_path / "cache", fingerprint={"a": "lin5"}, progress=False
+        _batches(), enc_x, enc_y, tmp_path / "cache", fingerprint={"x": "lin5"}, progress=False
     )
-    assert not enc_a.training  # eval mode: dropout off, features deterministic
+    assert not enc_x.training  # eval mode: dropout off, features deterministic
     images = torch.cat([b["image"] for b in _batches()])
     with torch.no_grad():
-        expected_a, expected_b = enc_a(images), enc_b(images)
-    assert isinstance(cache.a, np.memmap) and cache.a.shape == (50, 5) and len(cache) == 50
-    np.testing.assert_allclose(cache.a, expected_a.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(cache.b, expected_b.numpy(), rtol=1e-6)
+        expected_x, expected_y = enc_x(images), enc_y(images)
+    assert isinstance(cache.x, np.memmap) and cache.x.shape == (50, 5) and len(cache) == 50
+    np.testing.assert_allclose(cache.x, expected_x.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(cache.y, expected_y.numpy(), rtol=1e-6)
     assert cache.labels.tolist() == [i % 3 for i in range(50)]
     assert cache.keys()[:2] == ["k0", "k1"] and cache.texts()[3] == "text\n3"
-    assert FeatureCache.matches(tmp_path / "cache", {"a": "lin5"})
-    assert not FeatureCache.matches(tmp_path / "cache", {"a": "other"})
+    assert FeatureCache.matches(tmp_path / "cache", {"x": "lin5"})
+    assert not FeatureCache.matches(tmp_path / "cache", {"x": "other"})
     assert not list(tmp_path.glob("cache.partial*"))
-    from_cache = compare_embeddings(cache.a, cache.b, kernel="cosine", top_k=2)
+    from_cache = compare_embeddings(cache.x, cache.y, kernel="cosine", top_k=2)
     in_memory = compare_embeddings(
-        expected_a.double(), expected_b.double(), kernel="cosine", top_k=2
+        expected_x.double(), expected_y.double(), kernel="cosine", top_k=2
     )
     assert from_cache.mode_eigenvalues.tolist() == pytest.approx(
         in_memory.mode_eigenvalues.tolist(), abs=1e-6
@@ -60,11 +60,33 @@ def test_pair_transform_round_trips_two_sizes():
     pair = PairTransform(lambda im: im[:, :4, :4] * 2, lambda im: im, (3, 4, 4), (3, 8, 8))
     images = torch.rand(2, 3, 8, 8)
     flat = torch.stack([pair(im) for im in images])
-    a, b = pair.split(flat)
-    assert torch.equal(a, images[:, :, :4, :4] * 2) and torch.equal(b, images)
+    x, y = pair.split(flat)
+    assert torch.equal(x, images[:, :, :4, :4] * 2) and torch.equal(y, images)
 
 
 def test_empty_loader_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no batches"):
         extract_features([], _encoder(2, 0), _encoder(2, 1), tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_cache_keeps_attributes_and_refuses_an_earlier_layout(tmp_path):
+    def with_meta():
+        for i, batch in enumerate(_batches(n=20)):
+            count = len(batch["key"])
+            yield {**batch, "meta": [{"texture": "dots", "batch": i}] * (count - 1) + [None]}
+
+    cache = extract_features(
+        with_meta(), _encoder(3, 0), _encoder(4, 1), tmp_path / "cache", progress=False
+    )
+    attributes = cache.attributes()
+    assert attributes[0] == {"texture": "dots", "batch": 0} and attributes[15] is None
+    assert len(attributes) == 20
+    # An earlier version's cache (a.npy / b.npy, no layout): never matched, a clear error.
+    meta_file = tmp_path / "cache" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["layout"]
+    meta_file.write_text(json.dumps(meta))
+    assert not FeatureCache.matches(tmp_path / "cache", meta["fingerprint"])
+    with pytest.raises(FileNotFoundError, match="layout 1 .*recomputed"):
+        FeatureCache(tmp_path / "cache")
