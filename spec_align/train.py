@@ -259,6 +259,27 @@ def _ensure_ref_cache(cfg: DictConfig, datamodule: L.LightningDataModule) -> Non
     )
 
 
+def _apply_start(cfg: DictConfig) -> None:
+    """Point `model.init_from` at the start `cfg.start` asks for, building it if missing."""
+    from spec_align.start import ensure_start
+
+    if cfg.get("start") is None or cfg.start.get("epochs") is None:
+        return
+    if cfg.model.get("init_from") is not None:
+        log.info(
+            "model.init_from=%s is given: start=%s is not used",
+            cfg.model.init_from,
+            cfg.start.name,
+        )
+        return
+    try:
+        weights = ensure_start(cfg, run)
+    except RuntimeError as err:
+        raise ConfigError(str(err)) from None
+    log.info("the encoder starts from %s (start=%s)", weights, cfg.start.name)
+    cfg.model.init_from = str(weights)
+
+
 def _wandb_overrides(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     """W&B run id (new, or the resumed run's, persisted beside its checkpoints) and resume."""
     output_dir = Path(cfg.paths.output_dir)
@@ -329,13 +350,17 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         The final logged metrics (floats) and the built objects by name.
     """
     problems = config_problems(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
     ckpt_path = None
     try:
         ckpt_path = resolve_ckpt_path(cfg)
     except ConfigError as err:
         problems.append(str(err))
+    if not problems:
+        # After the resume check (which compares the config as composed) and before seeding
+        # (the start run seeds itself).
+        _apply_start(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
     world = world_size_of(cfg.trainer)
 
     val_batch = cfg.data.get("val_batch_size")
