@@ -22,7 +22,8 @@ from spec_align.losses.divergence import (
     check_finite_losses,
     check_finite_state,
 )
-from spec_align.losses.spectral import SpectralPenalty
+from spec_align.losses.anchor import AnchorLoss
+from spec_align.losses.spectral import KernelMatchingPenalty, SpectralPenalty
 from spec_align.losses.task import ClassificationLoss, TaskLoss
 from spec_align.utils.distributed import (
     all_ranks,
@@ -36,6 +37,7 @@ from spec_align.utils.distributed import (
 __all__ = ["SpecAlignModule"]
 
 REF_PREFIX = "ref."  # state-dict prefix of the frozen reference, never written to checkpoints
+ANCHOR_PREFIX = "anchor."  # state-dict prefix of the anchor's start copy (in checkpoints)
 
 
 class SpecAlignModule(LightningModule):
@@ -61,20 +63,23 @@ class SpecAlignModule(LightningModule):
     written) raises `DivergenceError` naming the step, the term and the last good checkpoint.
 
     Logged keys (see `metric_names`; train/data_wait_s is the `DataWaitTimer` callback's):
-    train/loss, train/task_loss, train/spec_diff (steps with the penalty active),
+    train/loss, train/task_loss, train/<penalty.name> (steps with the penalty active:
+    train/spec_diff, train/kuea or train/kuea_frobenius), train/anchor (anchor on),
     train/samples_skipped and train/shard_errors (samples lost to corrupt data and failed shard
     reads so far, summed over ranks, see `SkipCounter`); val/spec_diff (float64 SPEC-diff of
     the exact kernels, with the penalty's bandwidths, on the fixed probe set: the first
     `probe_size` validation
     samples), val/spec_diff_features (the same with the penalty's random-feature maps),
-    val/spec_diff_best, val/task_loss,
+    val/spec_diff_median (exact kernels, both bandwidths refitted on the probe each time:
+    blind to the embedding's scale), val/spec_diff_best, val/task_loss,
     val/zero_shot_acc (class prompts), val/i2t_r1 and val/t2i_r1 (caption retrieval on the
     probe set), val/acc (classification head).
 
     Args:
         encoder: the trainable encoder.
         task_loss: the task term (contrastive, classification or none).
-        penalty: the spectral penalty; unused when there is no reference.
+        penalty: the alignment penalty (`SpectralPenalty` or `KernelMatchingPenalty`);
+            unused when there is no reference.
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler, called with the optimizer and `total_steps`; stepped
             every optimizer step. None: constant learning rate.
@@ -84,13 +89,15 @@ class SpecAlignModule(LightningModule):
         class_names: class names for zero-shot accuracy (needs a text tower); None: skipped.
         prompt_templates: zero-shot prompts with one "{}" for the class name, averaged.
         probe_size: validation samples (over all ranks) in the probe set.
+        anchor: mean squared distance to the encoder as fitting starts (`AnchorLoss`); its
+            frozen copy is taken in `setup("fit")` and kept in checkpoints. None: off.
     """
 
     def __init__(
         self,
         encoder: ImageEncoder,
         task_loss: TaskLoss,
-        penalty: SpectralPenalty,
+        penalty: SpectralPenalty | KernelMatchingPenalty,
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., Any] | None = None,
         ref: ImageEncoder | None = None,
@@ -98,10 +105,11 @@ class SpecAlignModule(LightningModule):
         class_names: Sequence[str] | None = None,
         prompt_templates: Sequence[str] = ("a photo of a {}",),
         probe_size: int = 1024,
+        anchor: AnchorLoss | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["encoder", "task_loss", "penalty", "optimizer", "scheduler", "ref"]
+            ignore=["encoder", "task_loss", "penalty", "optimizer", "scheduler", "ref", "anchor"]
         )
         if probe_size < 2:
             raise ValueError(f"probe_size must be >= 2, got {probe_size}")
@@ -139,6 +147,7 @@ class SpecAlignModule(LightningModule):
         self._probe: dict[str, list[Tensor]] = {}
         self._class_text: Tensor | None = None
         self._warned_upsampling = False
+        self.anchor = anchor if anchor is not None and anchor.enabled else None
 
     @property
     def metric_names(self) -> list[str]:
@@ -147,11 +156,15 @@ class SpecAlignModule(LightningModule):
         names += ["train/samples_skipped", "train/shard_errors"]
         if self.penalty is not None:
             names += [
-                "train/spec_diff",
+                f"train/{self.penalty.name}",
                 "val/spec_diff",
-                "val/spec_diff_features",
+                "val/spec_diff_median",
                 "val/spec_diff_best",
             ]
+            if isinstance(self.penalty, SpectralPenalty):
+                names.append("val/spec_diff_features")
+        if self.anchor is not None:
+            names.append("train/anchor")
         if self.encoder.has_text:
             names += ["val/i2t_r1", "val/t2i_r1"]
         if self.task_loss.weight > 0:
@@ -210,8 +223,8 @@ class SpecAlignModule(LightningModule):
         """All loss terms of one training batch, on the global batch under DDP.
 
         Returns:
-            dict with "loss" (weighted total), "task_loss" and, on steps where the penalty
-            is active, "spec_diff".
+            dict with "loss" (weighted total), "task_loss", "anchor" (anchor on) and, on
+            steps where the penalty is active, the penalty's `name` ("spec_diff", ...).
         """
         z = self(batch["image"])
         text = labels = None
@@ -238,8 +251,12 @@ class SpecAlignModule(LightningModule):
             ref_all = gather_uneven(self.reference(batch))
             penalty.fit(z_all.detach(), ref_all)
             if penalty.active(step):
-                out["spec_diff"] = penalty(z_all, ref_all).to(z.dtype)
-                loss = loss + penalty.weight * out["spec_diff"]
+                out[penalty.name] = penalty(z_all, ref_all, step=step).to(z.dtype)
+                loss = loss + penalty.weight * out[penalty.name]
+        if self.anchor is not None:
+            start = self.anchor.start_embeddings(self.encoder_view(batch["image"]))
+            out["anchor"] = self.anchor(z_all, gather_uneven(start)).to(z.dtype)
+            loss = loss + self.anchor.weight * out["anchor"]
         out["loss"] = loss
         return out
 
@@ -265,6 +282,13 @@ class SpecAlignModule(LightningModule):
                 batch_size=size,
             )
         return out["loss"]
+
+    def setup(self, stage: str) -> None:
+        # Fit start: after any initial weights were loaded, before a checkpoint is restored
+        # (which then overwrites the copy with the run's own start) and before the strategy
+        # moves the module to its device.
+        if stage == "fit" and self.anchor is not None:
+            self.anchor.snapshot(self.encoder)
 
     def on_train_start(self) -> None:
         # The sanity check's value is not a result of training.
@@ -349,7 +373,9 @@ class SpecAlignModule(LightningModule):
             value = torch.tensor(values["exact"], device=self.device)
             self.val_spec_diff_best.update(value)
             self.log("val/spec_diff", value)
-            self.log("val/spec_diff_features", values["features"])
+            if "features" in values:
+                self.log("val/spec_diff_features", values["features"])
+            self.log("val/spec_diff_median", values["median"])
             self.log("val/spec_diff_best", self.val_spec_diff_best.compute())
         # Retrieval needs captions for every probe row of every rank.
         if all_ranks(len(probe["text"]) == len(probe["enc"]), self.device):
@@ -402,10 +428,17 @@ class SpecAlignModule(LightningModule):
         return list(self.encoder.state_dict(prefix="encoder.").items())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Supply the rebuilt reference's weights so that strict loading accepts the file."""
+        """Supply the rebuilt reference's weights so that strict loading accepts the file;
+        fit the anchor's start copy to the file (see `AnchorLoss.adapt_state`)."""
         if self.ref is not None:
             reference = {REF_PREFIX + k: v for k, v in self.ref.state_dict().items()}
             checkpoint["state_dict"] = {**checkpoint["state_dict"], **reference}
+        state = checkpoint["state_dict"]
+        if self.anchor is not None:
+            state = self.anchor.adapt_state(state, ANCHOR_PREFIX, self.encoder, "encoder.")
+        else:  # the anchor is off: a stored start copy has nowhere to go
+            state = {k: v for k, v in state.items() if not k.startswith(ANCHOR_PREFIX)}
+        checkpoint["state_dict"] = state
 
 
 @torch.no_grad()
