@@ -17,12 +17,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from spec_align.data.transforms import ViewAdapter
 from spec_align.encoders.base import FrozenEncoder, ImageEncoder
+from spec_align.losses.anchor import AnchorLoss
 from spec_align.losses.divergence import (
     check_finite_embeddings,
     check_finite_losses,
     check_finite_state,
 )
-from spec_align.losses.anchor import AnchorLoss
 from spec_align.losses.spectral import KernelMatchingPenalty, SpectralPenalty
 from spec_align.losses.task import ClassificationLoss, TaskLoss
 from spec_align.utils.distributed import (

@@ -137,13 +137,14 @@ def test_exact_estimator_of_identical_embeddings_is_zero_with_finite_gradient():
     assert float(value.detach()) < 1e-12 and bool(gradient.isfinite().all())
 
 
+def _squared_distance(u: list[float], v: list[float]) -> float:
+    return sum((a - b) ** 2 for a, b in zip(u, v, strict=True))
+
+
 def _hand_gaussian(z: torch.Tensor, sigma: float) -> torch.Tensor:
     unit = [[v / math.sqrt(sum(w * w for w in row)) for v in row] for row in z.tolist()]
     return torch.tensor(
-        [
-            [math.exp(-sum((a - b) ** 2 for a, b in zip(u, v)) / (2 * sigma**2)) for v in unit]
-            for u in unit
-        ],
+        [[math.exp(-_squared_distance(u, v) / (2 * sigma**2)) for v in unit] for u in unit],
         dtype=torch.float64,
     )
 
@@ -155,9 +156,7 @@ def test_kuea_loss_against_a_hand_computation(norm):
     penalty = KernelMatchingPenalty(norm=norm, sigma_encoder=0.7, sigma_ref=0.4)
     value = penalty(x.double(), y.double())
     k_x, k_y = _hand_gaussian(x, 0.7), _hand_gaussian(y, 0.4)
-    mean_squared = (
-        sum((a - b) ** 2 for a, b in zip(k_x.flatten().tolist(), k_y.flatten().tolist())) / 16
-    )
+    mean_squared = _squared_distance(k_x.flatten().tolist(), k_y.flatten().tolist()) / 16
     expected = mean_squared if norm == "mean_squared" else math.sqrt(mean_squared)
     assert value.dtype == torch.float64
     assert float(value) == pytest.approx(expected, rel=1e-12)
