@@ -82,8 +82,8 @@ class AnchorLoss(nn.Module):
             return state
         tower = _image_tower(encoder)
         tower_prefix = encoder_prefix + _tower_path(encoder, tower)
-        for key in self.start.state_dict():
-            state[prefix + key] = state[tower_prefix + key]
+        for key in self.start.state_dict(prefix=prefix + "start."):
+            state[key] = state[tower_prefix + key.removeprefix(prefix + "start.")]
         return state
 
 
