@@ -210,7 +210,7 @@ class SpectralPenalty(_KernelPenalty):
     from a float64 eigen-solve (exact eigenvector, Rayleigh quotient gradient); the
     reference side carries no gradient.
 
-    Estimators (docs/math.md section 9.1):
+    Estimators (docs/math.md section 12):
         "features": the minibatch covariances of kernel features. Gaussian kernel: random
             Fourier features with one seed for both sides (identical embeddings give exactly
             0) and per-side bandwidths. `frequencies="fixed"` keeps one draw for the whole

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from spec_align import spec_diff
 from spec_align.losses import AnchorLoss, KernelMatchingPenalty, SpectralPenalty
 from spec_align.losses.spectral import frequency_seed
+from spec_align.spectrum import RandomFourierFeatures, gaussian_kernel, spec_diff_features
 from tests.helpers import clustered_pair
 
 
@@ -48,14 +49,12 @@ def test_fresh_frequencies_are_a_function_of_seed_and_step():
 
 
 def test_fresh_frequencies_average_to_the_exact_kernel():
-    """Over many steps the fresh-frequency kernel estimate is unbiased (docs/math.md 9.1)."""
+    """Fresh draws average to the exact kernel: unbiased (docs/math.md section 12.1)."""
     x, y = clustered_pair(n=12)
     penalty = _penalty(frequencies="fresh", rff_dim=64)
     penalty.fit(x, y)
     sigma = float(penalty.sigma_encoder_value)
     unit = F.normalize(x, dim=1)
-    from spec_align.spectrum import RandomFourierFeatures, gaussian_kernel
-
     steps = 400
     mean = (
         sum(
@@ -76,8 +75,6 @@ def test_fixed_frequencies_are_todays_map():
     penalty = _penalty()
     penalty.fit(x, y)
     phi_x, phi_y = penalty.features(x, y, dtype=torch.float32)
-    from spec_align.spectrum import spec_diff_features
-
     assert float(penalty(x, y, step=7)) == float(spec_diff_features(phi_x, phi_y))
 
 
