@@ -236,7 +236,8 @@ class SpectralPenalty(_KernelPenalty):
         sigma_ref: bandwidth of the reference side, "auto" or a float.
         sigma_scale: multiplier of the median distance for "auto" bandwidths.
         bandwidth: "fixed" (fitted once) or "batch" (median rule on every training batch).
-        frequencies: "fixed" or "fresh" (gaussian features only).
+        frequencies: "fixed" or "fresh" (gaussian features only; conf/loss/gaussian.yaml
+            trains with "fresh", the default here keeps the penalty a function of its inputs).
         estimator: "features" or "exact".
         every_n_steps: evaluate the penalty on every n-th optimizer step only (1: always).
         seed: seed of the random frequencies.
@@ -284,13 +285,9 @@ class SpectralPenalty(_KernelPenalty):
                 "frequencies=fresh needs kernel=gaussian: the cosine kernel's features are "
                 "exact, there are no random frequencies"
             )
-        if frequencies == "fresh" and estimator == "exact":
-            raise ValueError(
-                "frequencies=fresh applies to estimator=features; estimator=exact uses no "
-                "random frequencies: set frequencies=fixed"
-            )
-        # rff_dim is checked here: the cosine kernel ignores it. The exact estimator still
-        # builds the fixed maps: they give val/spec_diff_features.
+        # rff_dim is checked here: the cosine kernel ignores it. The exact estimator draws no
+        # frequencies in training (`frequencies` does not apply), but still builds the fixed
+        # maps: they give val/spec_diff_features.
         self.rff_dim = check_positive_int(rff_dim, "rff_dim") if kernel == "gaussian" else 0
         self.frequencies = frequencies
         self.estimator = estimator

@@ -165,7 +165,7 @@ def test_a_checkpoint_without_the_anchor_loads_with_it_on(tmp_path):
 
 # What a user types for each new option (conf/loss/*.yaml keys and loss= options).
 NEW_OPTIONS = {
-    "fresh": ["loss.spectral.frequencies=fresh"],
+    "fixed_frequencies": ["loss.spectral.frequencies=fixed"],
     "batch_bandwidth": ["loss.spectral.bandwidth=batch"],
     "exact": ["loss.spectral.estimator=exact"],
     "kuea": ["loss=kuea"],

@@ -123,6 +123,15 @@ def test_exact_estimator_is_spec_diff_of_the_batch_in_float64(kernel):
     torch.testing.assert_close(gradient, expected_gradient, rtol=1e-12, atol=1e-15)
 
 
+def test_exact_estimator_draws_no_frequencies():
+    """The training default is frequencies=fresh; with the exact estimator it does not apply."""
+    x, y = clustered_pair(n=40)
+    fresh, fixed = _penalty(estimator="exact", frequencies="fresh"), _penalty(estimator="exact")
+    fresh.fit(x, y)
+    fixed.fit(x, y)
+    assert float(fresh(x, y, step=3)) == float(fixed(x, y)) == float(fresh(x, y, step=4))
+
+
 def test_exact_estimator_of_identical_embeddings_is_zero_with_finite_gradient():
     x, _ = clustered_pair(n=20)
     x.requires_grad_(True)
@@ -207,8 +216,6 @@ def test_options_that_cannot_work_are_refused():
         SpectralPenalty(frequencies="new")
     with pytest.raises(ValueError, match="frequencies=fresh needs kernel=gaussian"):
         SpectralPenalty(kernel="cosine", rff_dim=0, frequencies="fresh")
-    with pytest.raises(ValueError, match="estimator=exact uses no random frequencies"):
-        SpectralPenalty(frequencies="fresh", estimator="exact")
     with pytest.raises(ValueError, match="set sigma_encoder=auto, or bandwidth=fixed"):
         SpectralPenalty(bandwidth="batch", sigma_encoder=0.3)
     with pytest.raises(ValueError, match="bandwidth=batch needs kernel=gaussian"):
