@@ -17,12 +17,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from spec_align.data.transforms import ViewAdapter
 from spec_align.encoders.base import FrozenEncoder, ImageEncoder
+from spec_align.losses.anchor import AnchorLoss
 from spec_align.losses.divergence import (
     check_finite_embeddings,
     check_finite_losses,
     check_finite_state,
 )
-from spec_align.losses.spectral import SpectralPenalty
+from spec_align.losses.spectral import KernelMatchingPenalty, SpectralPenalty
 from spec_align.losses.task import ClassificationLoss, TaskLoss
 from spec_align.modules.init_weights import WeightsSource, load_encoder_weights
 from spec_align.modules.probes import attribute_probes, attribute_values, gather_objects
@@ -39,6 +40,7 @@ from spec_align.utils.logging import get_logger
 __all__ = ["SpecAlignModule"]
 
 REF_PREFIX = "ref."  # state-dict prefix of the frozen reference, never written to checkpoints
+ANCHOR_PREFIX = "anchor."  # state-dict prefix of the anchor's start copy (in checkpoints)
 
 log = get_logger(__name__)
 
@@ -66,13 +68,15 @@ class SpecAlignModule(LightningModule):
     written) raises `DivergenceError` naming the step, the term and the last good checkpoint.
 
     Logged keys (see `metric_names`; train/data_wait_s is the `DataWaitTimer` callback's):
-    train/loss, train/task_loss, train/spec_diff (steps with the penalty active),
+    train/loss, train/task_loss, train/<penalty.name> (steps with the penalty active:
+    train/spec_diff, train/kuea or train/kuea_frobenius), train/anchor (anchor on),
     train/samples_skipped and train/shard_errors (samples lost to corrupt data and failed shard
     reads so far, summed over ranks, see `SkipCounter`); val/spec_diff (float64 SPEC-diff of
     the exact kernels, with the penalty's bandwidths, on the fixed probe set: the first
     `probe_size` validation
     samples), val/spec_diff_features (the same with the penalty's random-feature maps),
-    val/spec_diff_best, val/task_loss,
+    val/spec_diff_median (exact kernels, both bandwidths refitted on the probe each time:
+    blind to the embedding's scale), val/spec_diff_best, val/task_loss,
     val/zero_shot_acc (class prompts), val/i2t_r1 and val/t2i_r1 (caption retrieval on the
     probe set), val/acc (classification head); with `probes`, val/probe/<attribute>_knn
     and val/probe/<attribute>_linear for each of `probe_attributes` (`spec_align.modules.probes`
@@ -91,7 +95,8 @@ class SpecAlignModule(LightningModule):
     Args:
         encoder: the trainable encoder.
         task_loss: the task term (contrastive, classification or none).
-        penalty: the spectral penalty; unused when there is no reference.
+        penalty: the alignment penalty (`SpectralPenalty` or `KernelMatchingPenalty`);
+            unused when there is no reference.
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler, called with the optimizer and `total_steps`; stepped
             every optimizer step. None: constant learning rate.
@@ -106,13 +111,15 @@ class SpecAlignModule(LightningModule):
         probes: log the attribute probes.
         probe_attributes: attributes to probe: "label" (the class label) or keys of the
             samples' json metadata.
+        anchor: mean squared distance to the encoder as fitting starts (`AnchorLoss`); its
+            frozen copy is taken in `setup("fit")` and kept in checkpoints. None: off.
     """
 
     def __init__(
         self,
         encoder: ImageEncoder,
         task_loss: TaskLoss,
-        penalty: SpectralPenalty,
+        penalty: SpectralPenalty | KernelMatchingPenalty,
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., Any] | None = None,
         ref: ImageEncoder | None = None,
@@ -123,10 +130,11 @@ class SpecAlignModule(LightningModule):
         init_from: str | None = None,
         probes: bool = True,
         probe_attributes: Sequence[str] = ("label",),
+        anchor: AnchorLoss | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["encoder", "task_loss", "penalty", "optimizer", "scheduler", "ref"]
+            ignore=["encoder", "task_loss", "penalty", "optimizer", "scheduler", "ref", "anchor"]
         )
         if probe_size < 2:
             raise ValueError(f"probe_size must be >= 2, got {probe_size}")
@@ -171,6 +179,7 @@ class SpecAlignModule(LightningModule):
         self._probe_values: list[tuple] = []
         self._ref_probed = False
         self._warned_probes = False
+        self.anchor = anchor if anchor is not None and anchor.enabled else None
 
     @property
     def metric_names(self) -> list[str]:
@@ -179,11 +188,15 @@ class SpecAlignModule(LightningModule):
         names += ["train/samples_skipped", "train/shard_errors"]
         if self.penalty is not None:
             names += [
-                "train/spec_diff",
+                f"train/{self.penalty.name}",
                 "val/spec_diff",
-                "val/spec_diff_features",
+                "val/spec_diff_median",
                 "val/spec_diff_best",
             ]
+            if isinstance(self.penalty, SpectralPenalty):
+                names.append("val/spec_diff_features")
+        if self.anchor is not None:
+            names.append("train/anchor")
         if self.encoder.has_text:
             names += ["val/i2t_r1", "val/t2i_r1"]
         if self.task_loss.weight > 0:
@@ -256,6 +269,11 @@ class SpecAlignModule(LightningModule):
                 logger.log_hyperparams({"init_from_sha256": self.init_source.sha256})
         # Once per module: a second fit continues from the trained weights.
         self._init_from_done = True
+        # The anchor's copy: after the initial weights, before a checkpoint is restored (which
+        # then overwrites the copy with the run's own start) and before the strategy moves the
+        # module to its device.
+        if stage == "fit" and self.anchor is not None:
+            self.anchor.snapshot(self.encoder)
 
     # ---------------------------------------------------------------------------- training
 
@@ -263,8 +281,8 @@ class SpecAlignModule(LightningModule):
         """All loss terms of one training batch, on the global batch under DDP.
 
         Returns:
-            dict with "loss" (weighted total), "task_loss" and, on steps where the penalty
-            is active, "spec_diff".
+            dict with "loss" (weighted total), "task_loss", "anchor" (anchor on) and, on
+            steps where the penalty is active, the penalty's `name` ("spec_diff", ...).
         """
         z = self(batch["image"])
         text = labels = None
@@ -291,8 +309,12 @@ class SpecAlignModule(LightningModule):
             ref_all = gather_uneven(self.reference(batch))
             penalty.fit(z_all.detach(), ref_all)
             if penalty.active(step):
-                out["spec_diff"] = penalty(z_all, ref_all).to(z.dtype)
-                loss = loss + penalty.weight * out["spec_diff"]
+                out[penalty.name] = penalty(z_all, ref_all, step=step).to(z.dtype)
+                loss = loss + penalty.weight * out[penalty.name]
+        if self.anchor is not None:
+            start = self.anchor.start_embeddings(self.encoder_view(batch["image"]))
+            out["anchor"] = self.anchor(z_all, gather_uneven(start)).to(z.dtype)
+            loss = loss + self.anchor.weight * out["anchor"]
         out["loss"] = loss
         return out
 
@@ -405,7 +427,9 @@ class SpecAlignModule(LightningModule):
             value = torch.tensor(values["exact"], device=self.device)
             self.val_spec_diff_best.update(value)
             self.log("val/spec_diff", value)
-            self.log("val/spec_diff_features", values["features"])
+            if "features" in values:
+                self.log("val/spec_diff_features", values["features"])
+            self.log("val/spec_diff_median", values["median"])
             self.log("val/spec_diff_best", self.val_spec_diff_best.compute())
         self._log_attribute_probes(enc, probe["ref"])
         # Retrieval needs captions for every probe row of every rank.
@@ -488,7 +512,8 @@ class SpecAlignModule(LightningModule):
         return list(self.encoder.state_dict(prefix="encoder.").items())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Supply the rebuilt reference's weights so that strict loading accepts the file.
+        """Supply the rebuilt reference's weights so that strict loading accepts the file;
+        fit the anchor's start copy to the file (see `AnchorLoss.adapt_state`).
 
         The checkpoint's encoder weights replace any initial ones: init_from is not applied
         to a module loaded from a checkpoint.
@@ -497,6 +522,12 @@ class SpecAlignModule(LightningModule):
         if self.ref is not None:
             reference = {REF_PREFIX + k: v for k, v in self.ref.state_dict().items()}
             checkpoint["state_dict"] = {**checkpoint["state_dict"], **reference}
+        state = checkpoint["state_dict"]
+        if self.anchor is not None:
+            state = self.anchor.adapt_state(state, ANCHOR_PREFIX, self.encoder, "encoder.")
+        else:  # the anchor is off: a stored start copy has nowhere to go
+            state = {k: v for k, v in state.items() if not k.startswith(ANCHOR_PREFIX)}
+        checkpoint["state_dict"] = state
 
 
 @torch.no_grad()
