@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from spec_align.data.shards import check_shard_count, expand_shards
 from spec_align.encoders.hub import WeightsUnavailableError
 from spec_align.utils.logging import get_logger, log_config
+from spec_align.utils.resolvers import launch_dir
 from spec_align.utils.runs import (
     CONFIG_FILE,
     OVERRIDES_FILE,
@@ -85,7 +86,8 @@ def validate_config(cfg: DictConfig) -> None:
     the world size, a precomputed reference has a cache and the deterministic view, the run
     has something to train, a GPU exists where one is asked for, `ckpt_path` exists, the
     optimized metric is a train/ or val/ key. `run()` adds what only building reveals
-    (missing pretrained weights, resume problems) to the same list.
+    (missing pretrained weights, resume problems, a missing
+    `model.init_from` file) to the same list.
     """
     problems = config_problems(cfg)
     if problems:
@@ -315,6 +317,24 @@ def _build_networks(cfg: DictConfig) -> tuple[dict[str, Any], list[str]]:
     return networks, problems
 
 
+def _init_from(cfg: DictConfig, ckpt_path: str | None) -> tuple[str | None, list[str]]:
+    """`model.init_from` as the module gets it, and the problem with it, if any.
+
+    Relative to the launch directory (Hydra may run the job elsewhere); None when resuming,
+    since the checkpoint restores the encoder's weights (the file need not exist any more).
+    """
+    init_from = cfg.model.get("init_from")
+    if init_from is None:
+        return None, []
+    if ckpt_path is not None:
+        log.info("resuming %s: model.init_from=%s is not applied", ckpt_path, init_from)
+        return None, []
+    path = Path(launch_dir()) / Path(init_from).expanduser()
+    if not path.is_file():
+        return None, [f"model.init_from={init_from}: {path} is not a file"]
+    return str(path), []
+
+
 def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Validate the config, build data, module, callbacks, loggers and trainer, then fit.
 
@@ -336,6 +356,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ckpt_path = resolve_ckpt_path(cfg)
     except ConfigError as err:
         problems.append(str(err))
+    init_from, init_problems = _init_from(cfg, ckpt_path)
+    problems += init_problems
     world = world_size_of(cfg.trainer)
 
     val_batch = cfg.data.get("val_batch_size")
@@ -353,7 +375,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     problems += build_problems
     if problems:
         raise ConfigError(_problem_list(problems))
-    module = instantiate(cfg.model, **networks)
+    module = instantiate(cfg.model, **networks, init_from=init_from)
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in module.metric_names:
         raise ConfigError(
