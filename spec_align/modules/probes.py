@@ -11,8 +11,9 @@ linear: multinomial logistic regression trained on the even-indexed rows (0, 2, 
     data is stored sorted by class. Features are standardised with the training half's mean
     and (population) standard deviation; the objective is scikit-learn's
     `LogisticRegression(C=c)`: mean cross-entropy + ||W||^2 / (2 c n_train), intercept not
-    penalised, minimised by full-batch L-BFGS. Test rows of a class absent from the
-    training half count as errors.
+    penalised, with one weight vector per class (two classes: one vector, the logistic
+    model), minimised by full-batch L-BFGS. Test rows of a class absent from the training
+    half count as errors.
 
 Rows whose value is missing (None) take no part in that attribute's probes.
 """
@@ -128,13 +129,19 @@ def fit_softmax_regression(
 ) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression, scikit-learn's objective (module docstring).
 
+    Two classes are fitted as scikit-learn does: one weight vector, for class 1 against a
+    fixed zero logit of class 0 (returned as row 0 of zeros).
+
     Shapes:
-        features: (n, D) float64, labels: (n,) in [0, C) -> weight (C, D), bias (C,)
+        features: (n, D) float64, labels: (n,) in [0, C), C >= 2 -> weight (C, D), bias (C,)
     """
     n, dim = features.shape
     classes = int(labels.max()) + 1
-    weight = torch.zeros(classes, dim, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    if classes < 2:
+        raise ValueError("fit_softmax_regression needs labels of at least 2 classes")
+    fitted = 1 if classes == 2 else classes
+    weight = torch.zeros(fitted, dim, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(fitted, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -148,12 +155,19 @@ def fit_softmax_regression(
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(features @ weight.T + bias, labels) + l2 * weight.pow(2).sum()
+        logits = features @ weight.T + bias
+        if classes == 2:
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        loss = F.cross_entropy(logits, labels) + l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return weight.detach(), bias.detach()
+    weight, bias = weight.detach(), bias.detach()
+    if classes == 2:
+        weight = torch.cat([torch.zeros_like(weight), weight])
+        bias = torch.cat([torch.zeros_like(bias), bias])
+    return weight, bias
 
 
 def linear_probe_accuracy(
