@@ -135,10 +135,19 @@ def fit_softmax_regression(
     Shapes:
         features: (n, D) float64, labels: (n,) in [0, C), C >= 2 -> weight (C, D), bias (C,)
     """
+    if int(labels.max()) < 1:
+        raise ValueError("fit_softmax_regression needs labels of at least 2 classes")
+    # Validation runs under no_grad or inference mode; the probe's own fit needs autograd
+    # (and tensors made outside inference mode: hence the copies).
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit_softmax(features.clone(), labels.clone(), c, max_iter)
+
+
+def _fit_softmax(
+    features: Tensor, labels: Tensor, c: float, max_iter: int
+) -> tuple[Tensor, Tensor]:
     n, dim = features.shape
     classes = int(labels.max()) + 1
-    if classes < 2:
-        raise ValueError("fit_softmax_regression needs labels of at least 2 classes")
     fitted = 1 if classes == 2 else classes
     weight = torch.zeros(fitted, dim, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(fitted, dtype=torch.float64, requires_grad=True)

@@ -131,3 +131,12 @@ def test_bad_probe_input_is_refused():
         knn_accuracy(torch.randn(5, 3), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="attribute 'a' has 3 values for 5 rows"):
         attribute_probes(torch.randn(5, 3), {"a": [0, 1, 0]})
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_linear_probe_runs_inside_validation_modes(mode):
+    """Lightning validates under no_grad (fit) or inference mode (trainer.validate)."""
+    x, y = _blobs(60, 5, 3, 2.0, seed=1)
+    expected = linear_probe_accuracy(torch.tensor(x), torch.tensor(y))
+    with mode():
+        assert linear_probe_accuracy(torch.tensor(x), torch.tensor(y)) == expected
