@@ -47,7 +47,7 @@ __all__ = [
 
 KNN_K = 10  # neighbours in the kNN vote
 LINEAR_C = 1.0  # inverse L2 strength of the linear probe, in scikit-learn's units
-LINEAR_MAX_ITER = 500  # L-BFGS iterations of the linear probe (at most)
+LINEAR_MAX_ITER = 200  # L-BFGS iterations of the linear probe (at most)
 LABEL_ATTRIBUTE = "label"  # the sample's class label (`cls`); other names: its json metadata
 
 
@@ -155,8 +155,8 @@ def _fit_softmax(
         [weight, bias],
         lr=1.0,
         max_iter=max_iter,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
+        tolerance_grad=1e-8,
+        tolerance_change=1e-12,
         history_size=20,
         line_search_fn="strong_wolfe",
     )
