@@ -111,3 +111,10 @@ def test_non_state_dict_content_is_refused(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(EncoderWeightsError, match="none.pt is not a file"):
         read_encoder_state(tmp_path / "none.pt")
+
+
+def test_init_from_is_an_experiment_key():
+    """Starting elsewhere is another experiment: ckpt_path=last never mixes the two."""
+    from spec_align.utils.runs import is_experiment_key
+
+    assert is_experiment_key("model.init_from")
