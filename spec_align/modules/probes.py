@@ -58,7 +58,7 @@ def attribute_values(batch: Mapping[str, Any], names: Sequence[str]) -> list[tup
     key of the sample's json metadata. Values are kept as JSON-able Python values, so every
     rank encodes them alike.
     """
-    size = len(batch["key"])
+    size = len(batch["image"])
     labels = batch["label"].tolist() if LABEL_ATTRIBUTE in names else [None] * size
     metas = batch.get("meta") or [None] * size
     rows = []

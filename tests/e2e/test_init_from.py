@@ -3,6 +3,7 @@ resume and eval do not need the file."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from spec_align.modules.init_weights import EncoderWeightsError, read_encoder_state
 from spec_align.train import ConfigError, evaluate, run
@@ -50,7 +52,7 @@ def test_init_from_an_earlier_runs_checkpoint(compose_train, tmp_path):
     _, second = run(cfg)
     module = second["model"]
     _assert_same(_encoder_state(module), expected)
-    assert module.hparams.init_from == str(ckpt)
+    assert module.hparams.init_from == str(ckpt.resolve())
     assert module.init_source.path == str(ckpt.resolve())
     # Not trivially equal: without init_from the run starts from the seeded fresh init.
     L.seed_everything(cfg.seed)
@@ -68,6 +70,12 @@ def test_init_from_a_state_dict_relative_to_the_launch_directory(
     monkeypatch.chdir(tmp_path / "output")  # the job may run elsewhere: not cwd-relative
     _, objects = run(compose_train(*SHORT, FROZEN, f"model.init_from={relative}"))
     _assert_same(_encoder_state(objects["model"]), expected)
+    # Recorded in the run: the file in the hparams, its hash beside it.
+    (hparams,) = (tmp_path / "output" / "csv").glob("**/hparams.yaml")
+    recorded = OmegaConf.load(hparams)
+    digest = objects["model"].init_source.sha256
+    assert recorded.init_from == str(weights.resolve()) and recorded.init_from_sha256 == digest
+    assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
 
 
 class _Snapshots(L.Callback):

@@ -112,7 +112,7 @@ def test_attributes_with_one_value_are_not_probed():
 
 def test_attribute_values_read_labels_and_metadata():
     batch = {
-        "key": ["k0", "k1", "k2"],
+        "image": torch.zeros(3, 3, 2, 2, dtype=torch.uint8),
         "label": torch.tensor([3, -1, 0]),
         "meta": [{"shape": "circle", "size": [1, 2]}, None, {"shape": "square"}],
     }
