@@ -58,7 +58,9 @@ def rows_of(sweep_dir: Path) -> dict[str, list[dict[str, float]]]:
         setting = " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)"
         metrics_csv = job / "csv" / "metrics.csv"
         if not metrics_csv.is_file():
-            print(f"skipped {job}: no csv/metrics.csv (not run, or no csv logger)", file=sys.stderr)
+            print(
+                f"skipped {job}: no csv/metrics.csv (not run, or no csv logger)", file=sys.stderr
+            )
             continue
         rows.setdefault(setting, []).append(final_metrics(metrics_csv))
     return rows
@@ -76,9 +78,7 @@ def markdown_table(rows: dict[str, list[dict[str, float]]], columns: list[str]) 
     header = ["setting", "seeds", *(c.removeprefix("val/") for c in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for setting, runs in rows.items():
-        cells = [
-            cell([m[c] for m in runs if c in m and not math.isnan(m[c])]) for c in columns
-        ]
+        cells = [cell([m[c] for m in runs if c in m and not math.isnan(m[c])]) for c in columns]
         lines.append(f"| `{setting}` | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.sweep_dir} is not a directory")
     rows = rows_of(args.sweep_dir)
     if not rows:
-        parser.error(f"no finished jobs under {args.sweep_dir} (expected <job>/.hydra/overrides.yaml)")
+        parser.error(
+            f"no finished jobs under {args.sweep_dir} (expected <job>/.hydra/overrides.yaml)"
+        )
     print(markdown_table(rows, args.columns))
     return 0
 

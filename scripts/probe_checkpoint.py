@@ -1,7 +1,7 @@
 """Probe a trained checkpoint with scikit-learn, independently of the module's logged probes.
 
-    python scripts/probe_checkpoint.py logs/train/runs/<run>                  # its last.ckpt
-    python scripts/probe_checkpoint.py logs/train/runs/<run> --weights data/starts/<start>/encoder.pt
+    python scripts/probe_checkpoint.py logs/train/runs/<run>     # its last.ckpt
+    python scripts/probe_checkpoint.py <run> --weights data/starts/<start>/encoder.pt
 
 The run's config is composed again from its recorded overrides (as `eval.py` does), the
 encoder is built and given the checkpoint's (or the file's) weights, and the first

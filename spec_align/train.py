@@ -350,7 +350,7 @@ def _init_from(cfg: DictConfig, ckpt_path: str | None) -> tuple[str | None, list
     if ckpt_path is not None:
         log.info("resuming %s: model.init_from=%s is not applied", ckpt_path, init_from)
         return None, []
-    path = Path(launch_dir()) / Path(init_from).expanduser()
+    path = (Path(launch_dir()) / Path(init_from).expanduser()).resolve()
     if not path.is_file():
         return None, [f"model.init_from={init_from}: {path} is not a file"]
     return str(path), []

@@ -47,7 +47,7 @@ __all__ = [
 
 KNN_K = 10  # neighbours in the kNN vote
 LINEAR_C = 1.0  # inverse L2 strength of the linear probe, in scikit-learn's units
-LINEAR_MAX_ITER = 500  # L-BFGS iterations of the linear probe (at most)
+LINEAR_MAX_ITER = 200  # L-BFGS iterations of the linear probe (at most)
 LABEL_ATTRIBUTE = "label"  # the sample's class label (`cls`); other names: its json metadata
 
 
@@ -58,7 +58,7 @@ def attribute_values(batch: Mapping[str, Any], names: Sequence[str]) -> list[tup
     key of the sample's json metadata. Values are kept as JSON-able Python values, so every
     rank encodes them alike.
     """
-    size = len(batch["key"])
+    size = len(batch["image"])
     labels = batch["label"].tolist() if LABEL_ATTRIBUTE in names else [None] * size
     metas = batch.get("meta") or [None] * size
     rows = []
@@ -135,10 +135,19 @@ def fit_softmax_regression(
     Shapes:
         features: (n, D) float64, labels: (n,) in [0, C), C >= 2 -> weight (C, D), bias (C,)
     """
+    if int(labels.max()) < 1:
+        raise ValueError("fit_softmax_regression needs labels of at least 2 classes")
+    # Validation runs under no_grad or inference mode; the probe's own fit needs autograd
+    # (and tensors made outside inference mode: hence the copies).
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit_softmax(features.clone(), labels.clone(), c, max_iter)
+
+
+def _fit_softmax(
+    features: Tensor, labels: Tensor, c: float, max_iter: int
+) -> tuple[Tensor, Tensor]:
     n, dim = features.shape
     classes = int(labels.max()) + 1
-    if classes < 2:
-        raise ValueError("fit_softmax_regression needs labels of at least 2 classes")
     fitted = 1 if classes == 2 else classes
     weight = torch.zeros(fitted, dim, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(fitted, dtype=torch.float64, requires_grad=True)
@@ -146,8 +155,8 @@ def fit_softmax_regression(
         [weight, bias],
         lr=1.0,
         max_iter=max_iter,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
+        tolerance_grad=1e-8,
+        tolerance_change=1e-12,
         history_size=20,
         line_search_fn="strong_wolfe",
     )

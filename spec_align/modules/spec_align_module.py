@@ -44,6 +44,8 @@ ANCHOR_PREFIX = "anchor."  # state-dict prefix of the anchor's start copy (in ch
 
 log = get_logger(__name__)
 
+log = get_logger(__name__)
+
 
 class SpecAlignModule(LightningModule):
     """Task loss + lambda * minibatch SPEC-diff(trainable embeddings, reference embeddings).
@@ -444,7 +446,8 @@ class SpecAlignModule(LightningModule):
         """val/probe/... of the gathered probe embeddings; val/probe_ref/... once."""
         values, self._probe_values = self._probe_values, []
         # The sanity check's few batches are not the probe set, and its logs are dropped.
-        if not self.probe_attributes or self.trainer.sanity_checking:
+        sanity_check = self._trainer is not None and self._trainer.sanity_checking
+        if not self.probe_attributes or sanity_check:
             return
         # Gathered like the embeddings (rank order, first probe_size rows): rows stay aligned.
         values = gather_objects(values)[: self.probe_size]

@@ -112,7 +112,7 @@ def test_attributes_with_one_value_are_not_probed():
 
 def test_attribute_values_read_labels_and_metadata():
     batch = {
-        "key": ["k0", "k1", "k2"],
+        "image": torch.zeros(3, 3, 2, 2, dtype=torch.uint8),
         "label": torch.tensor([3, -1, 0]),
         "meta": [{"shape": "circle", "size": [1, 2]}, None, {"shape": "square"}],
     }
@@ -131,3 +131,12 @@ def test_bad_probe_input_is_refused():
         knn_accuracy(torch.randn(5, 3), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="attribute 'a' has 3 values for 5 rows"):
         attribute_probes(torch.randn(5, 3), {"a": [0, 1, 0]})
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_linear_probe_runs_inside_validation_modes(mode):
+    """Lightning validates under no_grad (fit) or inference mode (trainer.validate)."""
+    x, y = _blobs(60, 5, 3, 2.0, seed=1)
+    expected = linear_probe_accuracy(torch.tensor(x), torch.tensor(y))
+    with mode():
+        assert linear_probe_accuracy(torch.tensor(x), torch.tensor(y)) == expected
