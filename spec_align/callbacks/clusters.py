@@ -19,7 +19,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from spec_align.callbacks.mode_tracking import ModeTracker
+from spec_align import wandb_workspace as keys
+from spec_align.callbacks.mode_tracking import Mode, ModeTracker
 from spec_align.callbacks.probe import Probe, embed_probe, read_probe
 from spec_align.explain.figures import (
     embedding_maps,
@@ -60,9 +61,11 @@ class ClusterLogCallback(Callback):
     samples, read once and cached) with the module's trainable encoder (`module(images)`) and
     its reference (`module.reference(batch)`), in eval mode under no_grad, then runs one
     `spec_align.compare` of the two: its positive modes are clusters the encoder forms and
-    the reference does not, its negative modes the reverse. Modes are matched to those of the
-    previous evaluation by the overlap of their top `cluster_size` samples, so a cluster keeps
-    its tracked id while it fades.
+    the reference does not, its negative modes the reverse. Modes are matched to those of
+    earlier evaluations by what they are, on the same probe samples: the overlap of their top
+    `cluster_size` samples and the correlation of their eigenvectors (`ModeTracker`), so a
+    cluster keeps its tracked id while it persists (also when it fades, changes rank or
+    briefly drops out of the top_k) and gets a new one only when no earlier mode matches.
 
     Training is unaffected: parameters, optimizer and data state are only read, every
     submodule's train/eval flag is restored, and the Python, NumPy and torch RNG states are
@@ -80,13 +83,19 @@ class ClusterLogCallback(Callback):
 
     Only to `WandbLogger`s (W&B media; nothing happens without one):
 
+    - `clusters/tracked_eigenvalues`: one line-series chart of every tracked mode's
+      eigenvalue over steps (one line per id; its data is the table
+      `clusters/tracked_eigenvalues_table`).
     - `clusters/spectrum`: image, both ends of the spectrum by rank.
-    - `clusters/<direction>/mode_<r>`, r < grid_modes: image, captioned grid of the top
-      `grid_samples` samples of the r-th strongest mode of that direction.
+    - `clusters/mode/<id>/grid`: image, captioned grid of the top `grid_samples` samples of
+      tracked mode <id>, for the `grid_modes` strongest modes of each direction; keyed by
+      id, so the step slider shows one cluster evolving.
     - `clusters/map`: image, 2-D layouts of the probe set in each embedding, side by side,
       coloured by mode membership.
-    - `clusters/modes`: table with one row per mode: step, direction, rank, tracked_id,
-      eigenvalue, dominant (most enriched metadata value among the members), purity (its
+    - `clusters/modes`: one incremental table for the run (`log_mode="INCREMENTAL"`: each
+      evaluation appends its rows), one row per mode: step, direction, rank, tracked_id,
+      eigenvalue, match_similarity (with the mode it continues; empty for a new id),
+      dominant (most enriched metadata value among the members), purity (its
       share), label and label_purity (most common label among the labelled members and its
       share of them, as in the report), labelled (share of members with a label),
       thumbnails (top samples as one strip), captions.
@@ -110,7 +119,11 @@ class ClusterLogCallback(Callback):
         grid_samples: top samples per grid.
         cluster_size: top samples of a mode that count as its members (tracking overlap,
             purity, map colours).
-        match_threshold: least Jaccard overlap of members for a mode to keep an id.
+        match_threshold: least similarity for a mode to continue an earlier one's id: the
+            mean of the Jaccard overlap of their members and the absolute correlation of
+            their eigenvectors on the probe set (both in [0, 1]).
+        match_memory: evaluations a mode that was not found (it fell out of the top_k)
+            stays matchable, so it keeps its id when it comes back.
         kernel: "gaussian" or "cosine" (see `spec_align.compare`).
         eta: weight of the reference kernel.
         rff_dim: random Fourier features per side; None: the exact kernel (probe_size
@@ -138,7 +151,8 @@ class ClusterLogCallback(Callback):
         grid_modes: int = 3,
         grid_samples: int = 16,
         cluster_size: int = 50,
-        match_threshold: float = 0.2,
+        match_threshold: float = 0.3,
+        match_memory: int = 2,
         kernel: str = "gaussian",
         eta: float = 1.0,
         rff_dim: int | None = None,
@@ -190,12 +204,14 @@ class ClusterLogCallback(Callback):
         self.thumbnail_size = thumbnail_size
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.seed = seed
-        self.tracker = ModeTracker(match_threshold)
+        self.tracker = ModeTracker(match_threshold, match_memory)
         self.history: list[dict[str, Any]] = []
         self._sigmas: tuple[float, float] | None = None
         self._last_step: int | None = None
         self._probe: Probe | None = None
         self._enabled = True
+        # The growing modes table of each W&B run logged to: id(run) -> (run, table).
+        self._tables: dict[int, tuple[Any, Any]] = {}
 
     # ------------------------------------------------------------------------------- hooks
 
@@ -321,9 +337,14 @@ class ClusterLogCallback(Callback):
             names=("encoder", "reference"),
         )
         modes = self._describe_modes(result)
-        ids = self.tracker.update([(m["direction"], m["member_keys"]) for m in modes])
-        for mode, mode_id in zip(modes, ids, strict=True):
-            mode["tracked_id"] = mode_id
+        tracks = self.tracker.update(
+            [Mode(m["direction"], m["member_keys"], m["scores"]) for m in modes]
+        )
+        for mode, track in zip(modes, tracks, strict=True):
+            mode["tracked_id"] = track.id
+            mode["match_similarity"] = track.similarity
+            mode["match_overlap"] = track.overlap
+            mode["match_correlation"] = track.correlation
             mode["step"] = step
         scalars = _scalars(result, modes, self.top_k)
         self.history.append(
@@ -338,10 +359,43 @@ class ClusterLogCallback(Callback):
         self._write(step, trainer.current_epoch, result, modes, images)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                media = _wandb_media(images, modes, self._probe.thumbnails)
+                media = self._wandb_media(logger, images, modes)
                 logger.log_metrics({**scalars, **media}, step=step)
             else:
                 logger.log_metrics(scalars, step=step)
+
+    def _wandb_media(
+        self, logger: WandbLogger, images: dict[str, np.ndarray], modes: list[dict]
+    ) -> dict[str, Any]:
+        import wandb
+
+        media: dict[str, Any] = {
+            keys.SPECTRUM: wandb.Image(images["spectrum"]),
+            keys.MAP: wandb.Image(images["map"]),
+            keys.TRACKED_CHART: _tracked_chart(self.history),
+        }
+        for mode in modes:
+            name = f"{mode['direction']}_mode_{mode['rank']}"
+            if name in images:  # keyed by id: the step slider follows one cluster
+                media[keys.mode_grid(mode["tracked_id"])] = wandb.Image(
+                    images[name],
+                    caption=f"tracked id {mode['tracked_id']}: {_short(mode)}, "
+                    f"eigenvalue {mode['eigenvalue']:+.3g}, step {mode['step']}",
+                )
+        # One table per W&B run that grows by this evaluation's rows (wandb allows an
+        # incremental table to be logged to one run only; a resumed run's wandb continues
+        # the increments already logged under the key).
+        run = logger.experiment
+        if id(run) not in self._tables:
+            self._tables[id(run)] = (
+                run,
+                wandb.Table(columns=_TABLE_COLUMNS, log_mode="INCREMENTAL"),
+            )
+        table = self._tables[id(run)][1]
+        for mode in modes:
+            table.add_data(*_table_row(mode, self._probe.thumbnails))
+        media[keys.MODES_TABLE] = table
+        return media
 
     def _describe_modes(self, result: SpecResult) -> list[dict[str, Any]]:
         probe = self._probe
@@ -370,6 +424,7 @@ class ClusterLogCallback(Callback):
                     "top_scores": record["top_scores"][: self.grid_samples],
                     "members": members,
                     "member_keys": [probe.keys[i] for i in members],
+                    "scores": result.scores[:, record["mode"]].cpu().numpy(),
                 }
             )
         return modes
@@ -434,7 +489,9 @@ class ClusterLogCallback(Callback):
             "num_samples": result.num_samples,
             "spectrum_top": result.eigenvalues[: 3 * self.top_k].tolist(),
             "spectrum_bottom": result.eigenvalues.flip(0)[: 3 * self.top_k].tolist(),
-            "modes": [{k: v for k, v in m.items() if k != "members"} for m in modes],
+            "modes": [
+                {k: v for k, v in m.items() if k not in ("members", "scores")} for m in modes
+            ],
         }
         (folder / "modes.json").write_text(json.dumps(record, indent=1) + "\n")
         with open(self.dirpath / "history.jsonl", "a") as handle:
@@ -491,18 +548,18 @@ def _mode_title(mode: dict, step: int) -> str:
 
 
 def _scalars(result: SpecResult, modes: list[dict], top_k: int) -> dict[str, float]:
-    scalars = {"clusters/spec_diff": float(result.spec_diff)}
+    scalars = {keys.SPEC_DIFF: float(result.spec_diff)}
     counts = (result.num_positive, result.num_modes - result.num_positive)
     # Each end of the spectrum, clipped at zero: past its modes an end holds (near) zeros or
     # the other sign's eigenvalues, which are not clusters of this direction.
     ends = (result.eigenvalues.clamp_min(0.0), result.eigenvalues.flip(0).clamp_max(0.0))
     for direction, count, values in zip(DIRECTIONS, counts, ends, strict=True):
-        scalars[f"clusters/{direction}/num_modes"] = float(count)
+        scalars[keys.num_modes(direction)] = float(count)
         for i in range(top_k):
             value = float(values[i]) if i < len(values) else 0.0
-            scalars[f"clusters/{direction}/eig_{i}"] = value
+            scalars[keys.eigenvalue(direction, i)] = value
     for mode in modes:
-        scalars[f"clusters/tracked/{mode['tracked_id']}/eigenvalue"] = mode["eigenvalue"]
+        scalars[keys.tracked_eigenvalue(mode["tracked_id"])] = mode["eigenvalue"]
     return scalars
 
 
@@ -512,6 +569,7 @@ _TABLE_COLUMNS = [
     "rank",
     "tracked_id",
     "eigenvalue",
+    "match_similarity",
     "dominant",
     "purity",
     "label",
@@ -522,38 +580,43 @@ _TABLE_COLUMNS = [
 ]
 
 
-def _wandb_media(
-    images: dict[str, np.ndarray], modes: list[dict], thumbnails: np.ndarray
-) -> dict[str, Any]:
+def _table_row(mode: dict, thumbnails: np.ndarray) -> list:
     import wandb
 
-    media: dict[str, Any] = {
-        "clusters/spectrum": wandb.Image(images["spectrum"]),
-        "clusters/map": wandb.Image(images["map"]),
-    }
-    rows = []
-    for mode in modes:
-        name = f"{mode['direction']}_mode_{mode['rank']}"
-        if name in images:
-            media[f"clusters/{mode['direction']}/mode_{mode['rank']}"] = wandb.Image(
-                images[name], caption=f"tracked id {mode['tracked_id']}"
-            )
-        top = mode["top_samples"][:_TABLE_THUMBNAILS]
-        rows.append(
-            [
-                mode["step"],
-                mode["direction"],
-                mode["rank"],
-                mode["tracked_id"],
-                mode["eigenvalue"],
-                mode["dominant"],
-                mode["purity"],
-                mode["label"],
-                mode["label_purity"],
-                mode["labelled"],
-                wandb.Image(thumbnail_strip(thumbnails[top])),
-                " | ".join(mode["top_captions"][:_TABLE_THUMBNAILS]),
-            ]
-        )
-    media["clusters/modes"] = wandb.Table(columns=_TABLE_COLUMNS, data=rows)
-    return media
+    top = mode["top_samples"][:_TABLE_THUMBNAILS]
+    return [
+        mode["step"],
+        mode["direction"],
+        mode["rank"],
+        mode["tracked_id"],
+        mode["eigenvalue"],
+        mode["match_similarity"],
+        mode["dominant"],
+        mode["purity"],
+        mode["label"],
+        mode["label_purity"],
+        mode["labelled"],
+        wandb.Image(thumbnail_strip(thumbnails[top])),
+        " | ".join(mode["top_captions"][:_TABLE_THUMBNAILS]),
+    ]
+
+
+def _tracked_chart(history: list[dict]) -> Any:
+    """All tracked modes' eigenvalues over steps as one W&B line-series chart (one line per id)."""
+    import wandb
+
+    series: dict[int, tuple[list[int], list[float]]] = {}
+    for entry in history:
+        for mode_id, value in entry["tracked"].items():
+            steps, values = series.setdefault(int(mode_id), ([], []))
+            steps.append(entry["step"])
+            values.append(value)
+    ids = sorted(series)
+    return wandb.plot.line_series(
+        xs=[series[i][0] for i in ids],
+        ys=[series[i][1] for i in ids],
+        # The direction is fixed per id (modes match only within one): its eigenvalue's sign.
+        keys=[f"id {i} ({'enc-ref' if series[i][1][-1] > 0 else 'ref-enc'})" for i in ids],
+        title="tracked modes: eigenvalue over training",
+        xname="step",
+    )

@@ -1,13 +1,17 @@
 """A short SPEC-align run with ClusterLogCallback and an offline W&B logger: the offline run
-holds the media, the table and the metric keys; the run directory holds the same artefacts."""
+holds the tracked-eigenvalue chart, grids keyed by tracked id, one incremental table and the
+metric keys; the run directory holds the same artefacts."""
 
 from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import WandbLogger
@@ -85,29 +89,22 @@ def _callback(root: Path) -> ClusterLogCallback:
     )
 
 
-def _wandb_records(path: Path):
-    """Records of a .wandb file: a LevelDB-style log of 32 KiB blocks after a 7-byte header,
-    each chunk = crc (4) + length (2, little-endian) + type (1: full, 2/3/4: first/mid/last)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, position, pending = path.read_bytes(), 7, b""
-    while position + 7 <= len(data):
-        room = 32768 - position % 32768
-        kind = data[position + 6] if room >= 7 else 0
-        if kind == 0:  # block trailer / padding
-            position += room
-            continue
-        length = int.from_bytes(data[position + 4 : position + 6], "little")
-        pending += data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            yield record
+def _wandb_records(run_dir: Path) -> list[dict]:
+    """The records of an offline run's .wandb file, read by wandb's own reader (`wandb leet
+    inspect --json`: one JSON record per line, history items flattened to dotted keys)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
-def test_offline_run_has_media_table_and_metric_keys(tmp_path, offline_wandb):
+def test_offline_run_has_the_chart_grids_by_tracked_id_and_one_incremental_table(
+    tmp_path, offline_wandb
+):
     import wandb
 
     root = tmp_path / "run"
@@ -118,65 +115,97 @@ def test_offline_run_has_media_table_and_metric_keys(tmp_path, offline_wandb):
         wandb.finish()
 
     (run_dir,) = (root / "wandb").glob("offline-run-*")
-    media = run_dir / "files" / "media"
-    images = media / "images" / "clusters"
-    for key in ("enc_minus_ref/mode_0", "enc_minus_ref/mode_1", "ref_minus_enc/mode_0"):
-        assert len(list(images.glob(f"{key}_*.png"))) == 3  # one per evaluation: 0, 2, 4
-    assert list(images.glob("spectrum_*.png")) and list(images.glob("map_*.png"))
-    tables = sorted((media / "table" / "clusters").glob("modes_*.table.json"))
-    assert len(tables) == 3
-    table = json.loads(tables[-1].read_text())
-    assert {"direction", "eigenvalue", "tracked_id", "dominant", "thumbnails"} <= set(
-        table["columns"]
-    )
-    last = json.loads((root / "clusters" / "step_0000004" / "modes.json").read_text())
-    assert len(table["data"]) == len(last["modes"]) >= 2  # one row per mode
+    records = _wandb_records(run_dir)
+    evaluations = {}  # trainer step -> the history items the callback logged there
+    for record in records:
+        if record["type"] == "history" and "clusters/spec_diff" in record["history"]["item"]:
+            items = record["history"]["item"]
+            evaluations[int(items["trainer/global_step"])] = items
+    assert sorted(evaluations) == [0, 2, 4]
+    on_disk = {
+        step: json.loads((root / "clusters" / f"step_{step:07d}" / "modes.json").read_text())
+        for step in evaluations
+    }
+    history = [
+        json.loads(line) for line in (root / "clusters" / "history.jsonl").read_text().splitlines()
+    ]
+
+    # One line-series chart of all tracked modes (wandb keeps its spec in the run config and
+    # its data as a table); the last table holds every tracked eigenvalue of the run.
+    charts = [
+        r["config"]["update"]["_wandb.visualize.clusters/tracked_eigenvalues"]
+        for r in records
+        if r["type"] == "config"
+        and "_wandb.visualize.clusters/tracked_eigenvalues" in r["config"]["update"]
+    ]
+    assert charts and charts[-1]["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
+    last_chart = evaluations[4]["clusters/tracked_eigenvalues_table.path"]
+    chart = json.loads((run_dir / "files" / last_chart).read_text())
+    assert chart["columns"] == ["step", "lineKey", "lineVal"]
+    plotted = {(step, key.split()[1], value) for step, key, value in chart["data"]}
+    expected = {
+        (h["step"], str(mode_id), value)
+        for h in history
+        for mode_id, value in h["tracked"].items()
+    }
+    assert plotted == expected and len(chart["data"]) == len(expected)
+    assert len({key for _, key, _ in chart["data"]}) >= 2  # one line per tracked id
+
+    for step, items in evaluations.items():
+        modes = on_disk[step]["modes"]
+        # Grids keyed by tracked id (the grid_modes=2 strongest of each direction), none by
+        # rank slot; the caption names the id.
+        gridded = {m["tracked_id"] for m in modes if m["rank"] < 2}
+        grid_keys = {k[: -len("._type")] for k in items if k.endswith("/grid._type")}
+        assert grid_keys == {f"clusters/mode/{i}/grid" for i in gridded}, step
+        for i in gridded:
+            assert items[f"clusters/mode/{i}/grid.caption"].startswith(f"tracked id {i}:")
+            assert (run_dir / "files" / items[f"clusters/mode/{i}/grid.path"]).is_file()
+        assert not [k for k in items if "/mode_" in k]
+        assert items["clusters/spectrum._type"] == items["clusters/map._type"] == "image-file"
+
+    # One incremental table: each evaluation appends its rows to the same table.
+    tables = [evaluations[step] for step in sorted(evaluations)]
+    assert {t["clusters/modes._type"] for t in tables} == {"incremental-table-file"}
+    assert [int(t["clusters/modes.increment_num"]) for t in tables] == [0, 1, 2]
+    counts = [len(on_disk[step]["modes"]) for step in sorted(evaluations)]
+    assert [int(t["clusters/modes.nrows"]) for t in tables] == list(np.cumsum(counts))
+    rows = []
+    for items, count in zip(tables, counts, strict=True):
+        increment = json.loads((run_dir / "files" / items["clusters/modes.path"]).read_text())
+        assert {"step", "tracked_id", "eigenvalue", "match_similarity", "dominant"} <= set(
+            increment["columns"]
+        )
+        assert len(increment["data"]) == count  # only this evaluation's rows
+        column = {name: i for i, name in enumerate(increment["columns"])}
+        rows += [(r[column["step"]], r[column["tracked_id"]]) for r in increment["data"]]
+    assert rows == [(s, m["tracked_id"]) for s in sorted(evaluations) for m in on_disk[s]["modes"]]
     # Offline, a table's images are staged (for `wandb sync`) under WANDB_DATA_DIR.
     staged = [f for f in offline_wandb.rglob("*") if f.is_file()]
     assert any(f.read_bytes()[:4] == b"\x89PNG" for f in staged)
 
-    keys, steps = set(), set()
-    for record in _wandb_records(next(run_dir.glob("*.wandb"))):
-        # The last rows of a run may still be a partial-history request when the file is
-        # written (the handler turns them into history records only as steps advance).
-        if record.WhichOneof("record_type") == "history":
-            items = record.history.item
-        elif (
-            record.WhichOneof("record_type") == "request"
-            and record.request.WhichOneof("request_type") == "partial_history"
-        ):
-            items = record.request.partial_history.item
-        else:
-            continue
-        values = {(i.key or "/".join(i.nested_key)): i.value_json for i in items}
-        keys.update(values)
-        if "clusters/spec_diff" in values:
-            steps.add(json.loads(values["trainer/global_step"]))
-    assert steps == {0, 2, 4}
-    expected = {
+    # The scalars, and the same artefacts on disk, readable without W&B.
+    expected_keys = {
         "clusters/spec_diff",
         "clusters/enc_minus_ref/eig_0",
         "clusters/ref_minus_enc/eig_2",
         "clusters/tracked/0/eigenvalue",
-        "clusters/modes/_type",
-        "clusters/enc_minus_ref/mode_0/_type",
-        "clusters/map/_type",
     }
-    assert expected <= keys
-
-    # The same artefacts on disk, readable without W&B.
-    for step in (0, 2, 4):
+    assert expected_keys <= set().union(*evaluations.values())
+    for step, record in on_disk.items():
         folder = root / "clusters" / f"step_{step:07d}"
-        record = json.loads((folder / "modes.json").read_text())
         assert record["step"] == step and record["num_samples"] == 96
         # synthetic metadata gives every mode a dominant attribute.
         assert all(
             m["dominant"].split("=")[0] in {"shape", "colour", "side", "texture"}
             for m in record["modes"]
         )
+        names = {p.name for p in folder.glob("*.png")}
+        assert {"spectrum.png", "map.png", "enc_minus_ref_mode_0.png"} <= names
         for png in folder.glob("*.png"):
             with Image.open(png) as image:
                 image.verify()
+    assert (root / "clusters" / "tracks.png").is_file()
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def argv_of(command: str) -> list[str]:
     argv = shlex.split(command)
     if argv[0] == "python":
         return [sys.executable, *argv[1:]]
-    if argv[0] in ("spec-compare", "torchrun"):
+    if argv[0] in ("spec-compare", "spec-align", "torchrun"):
         return [str(BIN / argv[0]), *argv[1:]]
     return [sys.executable, "train.py", *argv]  # a cell of train.py overrides
 
@@ -161,6 +161,7 @@ def test_every_readme_command_is_tested():
         "python compare.py encoder=tiny ref=efficientnet data=digits",
         "spec-compare a.npy b.pt --b-key emb --labels labels.npy --images paths.txt --out report/",
         "torchrun --nproc-per-node 2 -m spec_align.cli a.npy b.npy --rff-dim 1024",
+        WANDB_WORKSPACE,
         "python scripts/make_shards.py --folder images/ --out shards/",
         "python scripts/make_shards.py --csv pairs.csv --out shards/",
     }
@@ -445,6 +446,17 @@ def test_torchrun_compare(shell, user_dir):
     _features(user_dir)
     result = shell("torchrun --nproc-per-node 2 -m spec_align.cli a.npy b.npy --rff-dim 1024")
     assert "SPEC-diff" in result.output
+
+
+WANDB_WORKSPACE = "spec-align wandb-workspace --entity E --project P --dry-run"
+
+
+def test_wandb_workspace_dry_run_builds_the_cluster_panels(shell):
+    result = shell(WANDB_WORKSPACE)
+    assert "workspace 'SPEC clusters' for E/P" in result.stdout
+    assert "clusters/tracked/\\d+/eigenvalue" in result.stdout  # one chart of all ids
+    assert "clusters/mode/0/grid" in result.stdout and "clusters/modes" in result.stdout
+    assert "not saved (--dry-run)" in result.stdout
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ resume keeps tracked ids, config node instantiates."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -180,9 +181,22 @@ def test_resume_keeps_tracked_ids_and_history(tmp_path):
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     first = _callback(tmp_path)
     _fit(tmp_path, [first, checkpoints], max_steps=6, enable_checkpointing=True)
-    before = first.state_dict()
+    before = copy.deepcopy(first.state_dict())
+    # Every matchable mode travels with its eigenvector over the probe set.
+    assert before["tracker"]["known"] and all(
+        len(k["scores"]) == 64 for k in before["tracker"]["known"]
+    )
     second = _callback(tmp_path)
+    loaded = {}
+    load = second.load_state_dict
+
+    def load_and_record(state):
+        load(state)
+        loaded.update(copy.deepcopy(second.tracker.state_dict()))
+
+    second.load_state_dict = load_and_record
     _fit(tmp_path, [second], max_steps=9, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert loaded == before["tracker"]  # the checkpoint restores the tracker exactly
     # Step 6 is not evaluated twice; step 9 continues the ids and the history.
     assert [h["step"] for h in second.history] == [0, 3, 6, 9]
     assert second.history[:3] == before["history"]
@@ -216,3 +230,4 @@ def test_config_node_instantiates(tmp_path):
     assert isinstance(callback, ClusterLogCallback)
     assert callback.dirpath == tmp_path / "clusters" and callback.seed == 3
     assert callback.probe_size == 96, "the module's probe"
+    assert (callback.tracker.threshold, callback.tracker.memory) == (0.3, 2)
