@@ -9,9 +9,10 @@ of the reference). It is built the first time a config asks for it, under
     info.json    the start run's experiment config, final metrics and recipe
     run/         the start run's own output (CSV metrics, last.ckpt)
 
-The fingerprint hashes the start run's experiment config (every key that can change what is
-trained: encoder, data, task, optimizer, seed, epochs), so a different encoder, dataset or
-recipe gets its own start, and the checkpoint is never taken from a run with other settings.
+The fingerprint hashes what the start run's weights depend on (the experiment keys of the
+encoder, data, task loss, optimizer and schedule, the seed, epochs and precision), so a
+different encoder, dataset or recipe gets its own start and a start is never taken from a run
+with other settings.
 The directory is renamed into place only when complete: an interrupted build leaves nothing.
 """
 
@@ -31,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from spec_align.utils.logging import get_logger
-from spec_align.utils.runs import experiment_config
+from spec_align.utils.runs import is_experiment_key
 
 __all__ = ["ENCODER_FILE", "ensure_start", "start_config", "start_dir"]
 
@@ -48,6 +49,20 @@ _FULL_LENGTH = {
     "fast_dev_run": False,
     "overfit_batches": 0.0,
 }
+
+
+# What a task-only run's weights depend on: not the reference, the alignment terms (off) or
+# what validation measures.
+_TRAINED_BY = (
+    "seed",
+    "encoder",
+    "data",
+    "loss.task",
+    "model.optimizer",
+    "model.scheduler",
+    "trainer.max_epochs",
+    "trainer.precision",
+)
 
 
 def start_config(cfg: DictConfig, output_dir: str | Path) -> DictConfig:
@@ -104,10 +119,27 @@ def start_config(cfg: DictConfig, output_dir: str | Path) -> DictConfig:
 
 
 def _fingerprint(run_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
-    experiment = experiment_config(run_cfg, resolve=True)
-    experiment["trainer.max_epochs"] = run_cfg.trainer.max_epochs
-    text = json.dumps(experiment, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12], experiment
+    trained_by = {}
+    for key in _TRAINED_BY:
+        node = OmegaConf.select(run_cfg, key)
+        value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        # Data loading keys (workers, where the files are) do not change the weights.
+        trained_by.update(
+            (k, v)
+            for k, v in _flatten(value, key).items()
+            if key != "data" or is_experiment_key(k)
+        )
+    text = json.dumps(trained_by, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12], trained_by
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}"))
+        return flat
+    return {prefix: value}
 
 
 def start_dir(cfg: DictConfig) -> Path:

@@ -26,7 +26,6 @@ __all__ = [
     "OVERRIDES_FILE",
     "RunDirError",
     "checked_overrides",
-    "experiment_config",
     "experiment_differences",
     "find_resumable",
     "own_checkpoint",
@@ -100,16 +99,14 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def experiment_config(cfg: DictConfig | Mapping, resolve: bool = False) -> dict[str, Any]:
-    """The keys of `cfg` that define its experiment (flattened, dotted), values as written
-    (`resolve=False`: interpolations kept, as a saved run config holds them) or resolved."""
-    plain = OmegaConf.to_container(cfg, resolve=resolve) if isinstance(cfg, DictConfig) else cfg
+def _experiment_config(cfg: DictConfig | Mapping) -> dict[str, Any]:
+    plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
     return {k: v for k, v in _flatten(plain).items() if is_experiment_key(k)}
 
 
 def experiment_differences(saved: DictConfig, current: DictConfig) -> list[str]:
     """Experiment keys whose (unresolved) values differ, as 'key: saved -> current' lines."""
-    before, after = experiment_config(saved), experiment_config(current)
+    before, after = _experiment_config(saved), _experiment_config(current)
     missing = "(absent)"
     return [
         f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}"
