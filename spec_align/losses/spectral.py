@@ -310,11 +310,10 @@ class SpectralPenalty(_KernelPenalty):
 
     @torch.no_grad()
     def fit(self, z_enc: Tensor, z_ref: Tensor) -> None:
+        """Fix the "auto" bandwidths (see the base class) and rebuild the maps with them."""
         if self.map_encoder is None:
             raise RuntimeError("SpectralPenalty.bind(encoder_dim, ref_dim) must be called first")
         super().fit(z_enc, z_ref)
-
-    fit.__doc__ = _KernelPenalty.fit.__doc__
 
     def _on_fitted(self, encoder_dim: int, ref_dim: int) -> None:
         self.map_encoder = self._feature_map(encoder_dim, self.sigma_encoder_value)
