@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from spec_align.data.shards import check_shard_count, expand_shards
 from spec_align.encoders.hub import WeightsUnavailableError
 from spec_align.utils.logging import get_logger, log_config
+from spec_align.utils.resolvers import launch_dir
 from spec_align.utils.runs import (
     CONFIG_FILE,
     OVERRIDES_FILE,
@@ -85,7 +86,8 @@ def validate_config(cfg: DictConfig) -> None:
     the world size, a precomputed reference has a cache and the deterministic view, the run
     has something to train, a GPU exists where one is asked for, `ckpt_path` exists, the
     optimized metric is a train/ or val/ key. `run()` adds what only building reveals
-    (missing pretrained weights, resume problems) to the same list.
+    (missing pretrained weights, resume problems, a missing
+    `model.init_from` file) to the same list.
     """
     problems = config_problems(cfg)
     if problems:
@@ -259,6 +261,27 @@ def _ensure_ref_cache(cfg: DictConfig, datamodule: L.LightningDataModule) -> Non
     )
 
 
+def _apply_start(cfg: DictConfig) -> None:
+    """Point `model.init_from` at the start `cfg.start` asks for, building it if missing."""
+    from spec_align.start import ensure_start
+
+    if cfg.get("start") is None or cfg.start.get("epochs") is None:
+        return
+    if cfg.model.get("init_from") is not None:
+        log.info(
+            "model.init_from=%s is given: start=%s is not used",
+            cfg.model.init_from,
+            cfg.start.name,
+        )
+        return
+    try:
+        weights = ensure_start(cfg, run)
+    except RuntimeError as err:
+        raise ConfigError(str(err)) from None
+    log.info("the encoder starts from %s (start=%s)", weights, cfg.start.name)
+    cfg.model.init_from = str(weights)
+
+
 def _wandb_overrides(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     """W&B run id (new, or the resumed run's, persisted beside its checkpoints) and resume."""
     output_dir = Path(cfg.paths.output_dir)
@@ -315,6 +338,24 @@ def _build_networks(cfg: DictConfig) -> tuple[dict[str, Any], list[str]]:
     return networks, problems
 
 
+def _init_from(cfg: DictConfig, ckpt_path: str | None) -> tuple[str | None, list[str]]:
+    """`model.init_from` as the module gets it, and the problem with it, if any.
+
+    Relative to the launch directory (Hydra may run the job elsewhere); None when resuming,
+    since the checkpoint restores the encoder's weights (the file need not exist any more).
+    """
+    init_from = cfg.model.get("init_from")
+    if init_from is None:
+        return None, []
+    if ckpt_path is not None:
+        log.info("resuming %s: model.init_from=%s is not applied", ckpt_path, init_from)
+        return None, []
+    path = (Path(launch_dir()) / Path(init_from).expanduser()).resolve()
+    if not path.is_file():
+        return None, [f"model.init_from={init_from}: {path} is not a file"]
+    return str(path), []
+
+
 def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Validate the config, build data, module, callbacks, loggers and trainer, then fit.
 
@@ -329,13 +370,19 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         The final logged metrics (floats) and the built objects by name.
     """
     problems = config_problems(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
     ckpt_path = None
     try:
         ckpt_path = resolve_ckpt_path(cfg)
     except ConfigError as err:
         problems.append(str(err))
+    if not problems and ckpt_path is None:
+        # After the resume check (which compares the config as composed) and before seeding
+        # (the start run seeds itself); a resumed run restores its weights, needing no start.
+        _apply_start(cfg)
+    init_from, init_problems = _init_from(cfg, ckpt_path)
+    problems += init_problems
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
     world = world_size_of(cfg.trainer)
 
     val_batch = cfg.data.get("val_batch_size")
@@ -353,7 +400,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     problems += build_problems
     if problems:
         raise ConfigError(_problem_list(problems))
-    module = instantiate(cfg.model, **networks)
+    module = instantiate(cfg.model, **networks, init_from=init_from)
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in module.metric_names:
         raise ConfigError(

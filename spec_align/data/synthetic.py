@@ -45,6 +45,7 @@ from spec_align.data._progress import progress
 from spec_align.data.shards import write_shards
 
 __all__ = [
+    "ATTRIBUTES",
     "CLASSES",
     "COLOURS",
     "SHAPES",
@@ -64,6 +65,7 @@ SIDES = ("left", "right")
 TEXTURES = ("plain", "stripes", "checker", "dots")
 TEXTURE_FREQUENCIES = (0.4, 0.3, 0.2, 0.1)
 CLASSES = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
+ATTRIBUTES = ("shape", "colour", "side", "texture")  # the labelled attributes in each json
 
 # Bump when rendering changes, so cached copies of the old version are not reused.
 VERSION = 1
@@ -155,7 +157,7 @@ def _samples(split: str, num: int, seed: int, image_size: int, attributes: dict)
         key = f"syn_{split}_{index:06d}"
         buffer = io.BytesIO()
         Image.fromarray(render(attrs, image_size)).save(buffer, format="PNG")
-        meta = {k: attrs[k] for k in ("shape", "colour", "side", "texture", "cx", "cy", "radius")}
+        meta = {k: attrs[k] for k in (*ATTRIBUTES, "cx", "cy", "radius")}
         attributes[key] = meta
         yield {
             "__key__": key,

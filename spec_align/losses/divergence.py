@@ -24,7 +24,14 @@ __all__ = [
 ]
 
 # What the user reads for each loss term the module logs under train/<name>.
-TERM_ROLES = {"task_loss": "task term", "spec_diff": "spectral penalty", "loss": "weighted total"}
+TERM_ROLES = {
+    "task_loss": "task term",
+    "spec_diff": "spectral penalty",
+    "kuea": "kernel-matching penalty",
+    "kuea_frobenius": "kernel-matching penalty",
+    "anchor": "anchor term",
+    "loss": "weighted total",
+}
 _MAX_NAMES = 5  # non-finite tensors named in a message; the rest are counted
 
 

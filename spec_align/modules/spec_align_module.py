@@ -17,13 +17,16 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from spec_align.data.transforms import ViewAdapter
 from spec_align.encoders.base import FrozenEncoder, ImageEncoder
+from spec_align.losses.anchor import AnchorLoss
 from spec_align.losses.divergence import (
     check_finite_embeddings,
     check_finite_losses,
     check_finite_state,
 )
-from spec_align.losses.spectral import SpectralPenalty
+from spec_align.losses.spectral import KernelMatchingPenalty, SpectralPenalty
 from spec_align.losses.task import ClassificationLoss, TaskLoss
+from spec_align.modules.init_weights import WeightsSource, load_encoder_weights
+from spec_align.modules.probes import attribute_probes, attribute_values, gather_objects
 from spec_align.utils.distributed import (
     all_ranks,
     any_rank,
@@ -32,10 +35,16 @@ from spec_align.utils.distributed import (
     gather_with_grad,
     world_size,
 )
+from spec_align.utils.logging import get_logger
 
 __all__ = ["SpecAlignModule"]
 
 REF_PREFIX = "ref."  # state-dict prefix of the frozen reference, never written to checkpoints
+ANCHOR_PREFIX = "anchor."  # state-dict prefix of the anchor's start copy (in checkpoints)
+
+log = get_logger(__name__)
+
+log = get_logger(__name__)
 
 
 class SpecAlignModule(LightningModule):
@@ -61,20 +70,35 @@ class SpecAlignModule(LightningModule):
     written) raises `DivergenceError` naming the step, the term and the last good checkpoint.
 
     Logged keys (see `metric_names`; train/data_wait_s is the `DataWaitTimer` callback's):
-    train/loss, train/task_loss, train/spec_diff (steps with the penalty active),
+    train/loss, train/task_loss, train/<penalty.name> (steps with the penalty active:
+    train/spec_diff, train/kuea or train/kuea_frobenius), train/anchor (anchor on),
     train/samples_skipped and train/shard_errors (samples lost to corrupt data and failed shard
     reads so far, summed over ranks, see `SkipCounter`); val/spec_diff (float64 SPEC-diff of
     the exact kernels, with the penalty's bandwidths, on the fixed probe set: the first
     `probe_size` validation
     samples), val/spec_diff_features (the same with the penalty's random-feature maps),
-    val/spec_diff_best, val/task_loss,
+    val/spec_diff_median (exact kernels, both bandwidths refitted on the probe each time:
+    blind to the embedding's scale), val/spec_diff_best, val/task_loss,
     val/zero_shot_acc (class prompts), val/i2t_r1 and val/t2i_r1 (caption retrieval on the
-    probe set), val/acc (classification head).
+    probe set), val/acc (classification head); with `probes`, val/probe/<attribute>_knn
+    and val/probe/<attribute>_linear for each of `probe_attributes` (`spec_align.modules.probes`
+    defines both probes) on the probe set at every validation, and
+    val/probe_ref/<attribute>_knn / _linear, the same for the reference, at the first
+    validation after the sanity check (the reference does not change).
+
+    `init_from` sets the encoder's initial weights (`load_encoder_weights`) in `setup` of a
+    fit, before the sanity check, the penalty's bandwidth fit or any callback's `on_fit_start`
+    / `on_train_start` sees the encoder; validation alone (`trainer.validate`, eval.py) never
+    reads it. A module whose weights come from a checkpoint (`load_from_checkpoint`) does not
+    apply it; a fit that resumes a checkpoint (`trainer.fit(ckpt_path=...)`) restores the
+    checkpoint's weights over it (Lightning restores after `setup`), and `train.run` passes
+    init_from=None then, so the file need not exist any more.
 
     Args:
         encoder: the trainable encoder.
         task_loss: the task term (contrastive, classification or none).
-        penalty: the spectral penalty; unused when there is no reference.
+        penalty: the alignment penalty (`SpectralPenalty` or `KernelMatchingPenalty`);
+            unused when there is no reference.
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler, called with the optimizer and `total_steps`; stepped
             every optimizer step. None: constant learning rate.
@@ -84,13 +108,20 @@ class SpecAlignModule(LightningModule):
         class_names: class names for zero-shot accuracy (needs a text tower); None: skipped.
         prompt_templates: zero-shot prompts with one "{}" for the class name, averaged.
         probe_size: validation samples (over all ranks) in the probe set.
+        init_from: the encoder's initial weights: a spec_align .ckpt (its encoder entries),
+            a torch.save(encoder.state_dict()) file or a .safetensors file; None: as built.
+        probes: log the attribute probes.
+        probe_attributes: attributes to probe: "label" (the class label) or keys of the
+            samples' json metadata.
+        anchor: mean squared distance to the encoder as fitting starts (`AnchorLoss`); its
+            frozen copy is taken in `setup("fit")` and kept in checkpoints. None: off.
     """
 
     def __init__(
         self,
         encoder: ImageEncoder,
         task_loss: TaskLoss,
-        penalty: SpectralPenalty,
+        penalty: SpectralPenalty | KernelMatchingPenalty,
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., Any] | None = None,
         ref: ImageEncoder | None = None,
@@ -98,10 +129,14 @@ class SpecAlignModule(LightningModule):
         class_names: Sequence[str] | None = None,
         prompt_templates: Sequence[str] = ("a photo of a {}",),
         probe_size: int = 1024,
+        init_from: str | None = None,
+        probes: bool = True,
+        probe_attributes: Sequence[str] = ("label",),
+        anchor: AnchorLoss | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["encoder", "task_loss", "penalty", "optimizer", "scheduler", "ref"]
+            ignore=["encoder", "task_loss", "penalty", "optimizer", "scheduler", "ref", "anchor"]
         )
         if probe_size < 2:
             raise ValueError(f"probe_size must be >= 2, got {probe_size}")
@@ -139,6 +174,14 @@ class SpecAlignModule(LightningModule):
         self._probe: dict[str, list[Tensor]] = {}
         self._class_text: Tensor | None = None
         self._warned_upsampling = False
+        self.init_from = None if init_from is None else str(init_from)
+        self.init_source: WeightsSource | None = None  # set when init_from has been applied
+        self._init_from_done = False
+        self.probe_attributes = list(probe_attributes) if probes else []
+        self._probe_values: list[tuple] = []
+        self._ref_probed = False
+        self._warned_probes = False
+        self.anchor = anchor if anchor is not None and anchor.enabled else None
 
     @property
     def metric_names(self) -> list[str]:
@@ -147,11 +190,15 @@ class SpecAlignModule(LightningModule):
         names += ["train/samples_skipped", "train/shard_errors"]
         if self.penalty is not None:
             names += [
-                "train/spec_diff",
+                f"train/{self.penalty.name}",
                 "val/spec_diff",
-                "val/spec_diff_features",
+                "val/spec_diff_median",
                 "val/spec_diff_best",
             ]
+            if isinstance(self.penalty, SpectralPenalty):
+                names.append("val/spec_diff_features")
+        if self.anchor is not None:
+            names.append("train/anchor")
         if self.encoder.has_text:
             names += ["val/i2t_r1", "val/t2i_r1"]
         if self.task_loss.weight > 0:
@@ -160,6 +207,11 @@ class SpecAlignModule(LightningModule):
             names.append("val/zero_shot_acc")
         if isinstance(self.task_loss, ClassificationLoss):
             names.append("val/acc")
+        for name in self.probe_attributes:
+            for probe in ("knn", "linear"):
+                names.append(f"val/probe/{name}_{probe}")
+                if self.ref_dim is not None:
+                    names.append(f"val/probe_ref/{name}_{probe}")
         return names
 
     # ----------------------------------------------------------------------------- forward
@@ -204,14 +256,35 @@ class SpecAlignModule(LightningModule):
         tokens = self.encoder.tokenizer(list(texts)).to(self.device)
         return self.encoder.encode_text(tokens)
 
+    # ------------------------------------------------------------------------ initial weights
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_from is not None and not self._init_from_done:
+            self.init_source = load_encoder_weights(self.encoder, self.init_from)
+            log.info(
+                "encoder initialised from %s (sha256 %s, %d tensors)",
+                self.init_source.path,
+                self.init_source.sha256,
+                self.init_source.tensors,
+            )
+            for logger in self.loggers:
+                logger.log_hyperparams({"init_from_sha256": self.init_source.sha256})
+        # Once per module: a second fit continues from the trained weights.
+        self._init_from_done = True
+        # The anchor's copy: after the initial weights, before a checkpoint is restored (which
+        # then overwrites the copy with the run's own start) and before the strategy moves the
+        # module to its device.
+        if stage == "fit" and self.anchor is not None:
+            self.anchor.snapshot(self.encoder)
+
     # ---------------------------------------------------------------------------- training
 
     def compute_losses(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
         """All loss terms of one training batch, on the global batch under DDP.
 
         Returns:
-            dict with "loss" (weighted total), "task_loss" and, on steps where the penalty
-            is active, "spec_diff".
+            dict with "loss" (weighted total), "task_loss", "anchor" (anchor on) and, on
+            steps where the penalty is active, the penalty's `name` ("spec_diff", ...).
         """
         z = self(batch["image"])
         text = labels = None
@@ -238,8 +311,12 @@ class SpecAlignModule(LightningModule):
             ref_all = gather_uneven(self.reference(batch))
             penalty.fit(z_all.detach(), ref_all)
             if penalty.active(step):
-                out["spec_diff"] = penalty(z_all, ref_all).to(z.dtype)
-                loss = loss + penalty.weight * out["spec_diff"]
+                out[penalty.name] = penalty(z_all, ref_all, step=step).to(z.dtype)
+                loss = loss + penalty.weight * out[penalty.name]
+        if self.anchor is not None:
+            start = self.anchor.start_embeddings(self.encoder_view(batch["image"]))
+            out["anchor"] = self.anchor(z_all, gather_uneven(start)).to(z.dtype)
+            loss = loss + self.anchor.weight * out["anchor"]
         out["loss"] = loss
         return out
 
@@ -282,6 +359,7 @@ class SpecAlignModule(LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._probe = {"enc": [], "ref": [], "text": [], "caption": []}
+        self._probe_values = []
         self._class_text = self._class_embeddings() if self.zero_shot else None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -312,6 +390,8 @@ class SpecAlignModule(LightningModule):
             return
         rows = slice(0, min(room, z.shape[0]))
         self._probe["enc"].append(z[rows].float())
+        if self.probe_attributes:
+            self._probe_values += attribute_values(batch, self.probe_attributes)[rows]
         if self.ref_dim is not None:
             self._probe["ref"].append(self.reference(batch)[rows].float())
         if text is not None:
@@ -349,8 +429,11 @@ class SpecAlignModule(LightningModule):
             value = torch.tensor(values["exact"], device=self.device)
             self.val_spec_diff_best.update(value)
             self.log("val/spec_diff", value)
-            self.log("val/spec_diff_features", values["features"])
+            if "features" in values:
+                self.log("val/spec_diff_features", values["features"])
+            self.log("val/spec_diff_median", values["median"])
             self.log("val/spec_diff_best", self.val_spec_diff_best.compute())
+        self._log_attribute_probes(enc, probe["ref"])
         # Retrieval needs captions for every probe row of every rank.
         if all_ranks(len(probe["text"]) == len(probe["enc"]), self.device):
             text = self._gather_probe(probe["text"])
@@ -358,6 +441,36 @@ class SpecAlignModule(LightningModule):
             i2t, t2i = retrieval_recall_at_1(enc, text, captions)
             self.log("val/i2t_r1", i2t)
             self.log("val/t2i_r1", t2i)
+
+    def _log_attribute_probes(self, enc: Tensor, ref_chunks: list[Tensor]) -> None:
+        """val/probe/... of the gathered probe embeddings; val/probe_ref/... once."""
+        values, self._probe_values = self._probe_values, []
+        # The sanity check's few batches are not the probe set, and its logs are dropped.
+        sanity_check = self._trainer is not None and self._trainer.sanity_checking
+        if not self.probe_attributes or sanity_check:
+            return
+        # Gathered like the embeddings (rank order, first probe_size rows): rows stay aligned.
+        values = gather_objects(values)[: self.probe_size]
+        columns = {
+            name: [row[i] for row in values] for i, name in enumerate(self.probe_attributes)
+        }
+        results = attribute_probes(enc, columns)
+        logged = {f"val/probe/{key}": value for key, value in results.items()}
+        if self.ref_dim is not None and not self._ref_probed:
+            self._ref_probed = True
+            ref = attribute_probes(self._gather_probe(ref_chunks), columns)
+            logged.update({f"val/probe_ref/{key}": value for key, value in ref.items()})
+        for key, value in logged.items():
+            self.log(key, value)
+        absent = [n for n in self.probe_attributes if f"{n}_knn" not in results]
+        if absent and not self._warned_probes:
+            self._warned_probes = True
+            rank_zero_warn(
+                f"attribute probes: {absent} have fewer than 2 values among the probe set's "
+                "samples (label: `cls`; other names: keys of the samples' json metadata), "
+                "so they are not logged; set model.probe_attributes to attributes the "
+                "validation data has, or model.probes=false"
+            )
 
     def _gather_probe(
         self, chunks: list[Tensor], ndim: int = 2, dtype: torch.dtype = torch.float32
@@ -402,10 +515,22 @@ class SpecAlignModule(LightningModule):
         return list(self.encoder.state_dict(prefix="encoder.").items())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Supply the rebuilt reference's weights so that strict loading accepts the file."""
+        """Supply the rebuilt reference's weights so that strict loading accepts the file;
+        fit the anchor's start copy to the file (see `AnchorLoss.adapt_state`).
+
+        The checkpoint's encoder weights replace any initial ones: init_from is not applied
+        to a module loaded from a checkpoint.
+        """
+        self._init_from_done = True
         if self.ref is not None:
             reference = {REF_PREFIX + k: v for k, v in self.ref.state_dict().items()}
             checkpoint["state_dict"] = {**checkpoint["state_dict"], **reference}
+        state = checkpoint["state_dict"]
+        if self.anchor is not None:
+            state = self.anchor.adapt_state(state, ANCHOR_PREFIX, self.encoder, "encoder.")
+        else:  # the anchor is off: a stored start copy has nowhere to go
+            state = {k: v for k, v in state.items() if not k.startswith(ANCHOR_PREFIX)}
+        checkpoint["state_dict"] = state
 
 
 @torch.no_grad()

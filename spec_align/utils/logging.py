@@ -26,6 +26,8 @@ _RANK_IDENTICAL_METRICS = (
     "val/i2t_r1",
     "val/t2i_r1",
 )
+# Families of such metrics, one key per probed attribute.
+_RANK_IDENTICAL_PREFIXES = ("val/probe/", "val/probe_ref/")
 
 
 class _RankZeroFilter(logging.Filter):
@@ -92,7 +94,10 @@ def quiet_third_party_messages() -> None:
         category=UserWarning,
         module=r"lightning\.pytorch\.utilities\.data",
     )
-    names = "|".join(re.escape(name) for name in _RANK_IDENTICAL_METRICS)
+    names = "|".join(
+        [re.escape(name) for name in _RANK_IDENTICAL_METRICS]
+        + [re.escape(prefix) + "[^']+" for prefix in _RANK_IDENTICAL_PREFIXES]
+    )
     warnings.filterwarnings(
         "ignore",
         message=rf"It is recommended to use `self\.log\('({names})', \.\.\., sync_dist=True\)`",

@@ -3,6 +3,7 @@
 ${dataset_classes:synthetic}      class names of a built-in dataset (null for others)
 ${dataset_prompts:synthetic}      zero-shot prompt templates for those classes
 ${dataset_num_classes:digits}     number of classes (null for unknown datasets)
+${dataset_attributes:synthetic}   attributes the probes decode ("label" = the class label)
 ${ref_cache_dim:/path/to/cache}   embedding width stored in a reference cache's meta
 ${run_name:${hydra:overrides.task}}   a run's name: its experiment's overrides, minus seed
 ${launch_dir:}                    the directory the command was started in
@@ -23,9 +24,11 @@ from omegaconf import ListConfig, OmegaConf
 from spec_align.utils.runs import run_name
 
 __all__ = [
+    "dataset_attributes",
     "dataset_classes",
     "dataset_num_classes",
     "dataset_prompts",
+    "launch_dir",
     "ref_cache_dim",
     "register_resolvers",
     "slurm_gpus",
@@ -66,6 +69,20 @@ def dataset_num_classes(name: str | None) -> int | None:
     """Number of classes of a built-in dataset; None when unknown."""
     classes = dataset_classes(name)
     return None if classes is None else len(classes)
+
+
+def dataset_attributes(name: str | None) -> list[str]:
+    """Attributes the probes decode: synthetic's json metadata ones, else the class label."""
+    if name == "synthetic":
+        from spec_align.data.synthetic import ATTRIBUTES
+
+        return list(ATTRIBUTES)
+    return ["label"]
+
+
+def launch_dir() -> str:
+    """The directory the command was started in (see `register_resolvers`)."""
+    return _LAUNCH_DIR
 
 
 def ref_cache_dim(path: str) -> int:
@@ -143,9 +160,10 @@ def register_resolvers() -> None:
         "dataset_classes": _config_valued(dataset_classes),
         "dataset_prompts": _config_valued(dataset_prompts),
         "dataset_num_classes": dataset_num_classes,
+        "dataset_attributes": _config_valued(dataset_attributes),
         "ref_cache_dim": ref_cache_dim,
         "run_name": run_name,
-        "launch_dir": lambda: _LAUNCH_DIR,
+        "launch_dir": launch_dir,
         "slurm_tasks": slurm_tasks,
         "slurm_gpus": slurm_gpus,
     }

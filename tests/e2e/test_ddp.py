@@ -88,6 +88,7 @@ def test_ddp_sim_trains_with_two_processes(tmp_path, train_cli_args, subprocess_
     assert not [k for k in checkpoint["state_dict"] if k.startswith("ref.")]
     metrics = (run_dir / "csv" / "metrics.csv").read_text()
     assert "val/spec_diff" in metrics and "train/spec_diff_step" in metrics
+    assert "val/probe/texture_knn" in metrics and "val/probe_ref/texture_linear" in metrics
     # The cluster callback ran on both ranks: the baseline and the end of the epoch, each on
     # the probe gathered from the two ranks' halves of the 128 validation samples.
     assert "clusters/spec_diff" in metrics
@@ -105,6 +106,11 @@ def _probe_rows(seed: int, rows: int) -> dict[str, list[torch.Tensor]]:
         "text": [torch.nn.functional.normalize(torch.randn(rows, 64, generator=generator))],
         "caption": [torch.arange(rows)],
     }
+
+
+def _probe_labels(rows: int) -> list[tuple]:
+    """Per probe row its attribute values (the module's default: the class label)."""
+    return [(i % 3,) for i in range(rows)]
 
 
 def _probe_module() -> SpecAlignModule:
@@ -132,6 +138,7 @@ def _validation_end(rank: int, world: int, port: int, out: str) -> None:
         module.log = lambda name, value, **kwargs: logged.setdefault(name, float(value))
         # Rank 1's share of the validation stream held no probe rows.
         module._probe = _probe_rows(0, 40) if rank == 0 else {k: [] for k in _probe_rows(0, 1)}
+        module._probe_values = _probe_labels(40) if rank == 0 else []
         module.on_validation_epoch_end()
         # What the cluster callback gathers: a rank without rows does not know their width.
         rows, images = torch.arange(15.0).view(3, 5), torch.ones(2, 3, 4, 4, dtype=torch.uint8)
@@ -151,8 +158,10 @@ def test_validation_end_with_a_rank_that_has_no_probe_rows(tmp_path):
     single, logged = _probe_module(), {}
     single.log = lambda name, value, **kwargs: logged.setdefault(name, float(value))
     single._probe = _probe_rows(0, 40)
+    single._probe_values = _probe_labels(40)
     single.on_validation_epoch_end()
-    assert {"val/spec_diff", "val/spec_diff_features", "val/t2i_r1"} <= set(logged)
+    expected = {"val/spec_diff", "val/spec_diff_features", "val/t2i_r1", "val/probe/label_knn"}
+    assert expected | {"val/probe_ref/label_linear"} <= set(logged)
     for rank in (0, 1):  # both ranks log the metrics of the 40 rows that exist
         result = torch.load(f"{out}.{rank}")
         assert result["logged"] == pytest.approx(logged)

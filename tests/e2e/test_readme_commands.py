@@ -381,6 +381,12 @@ SHORT_RUNS = [
     "debug=limit",
     "debug=overfit",
     "debug=profiler",
+    "loss.spectral.frequencies=fixed",
+    "loss.spectral.bandwidth=batch",
+    "loss.spectral.estimator=exact",
+    "loss=kuea",
+    "loss=kuea_frobenius",
+    "loss.anchor.weight=1",
 ]
 
 
