@@ -1,7 +1,7 @@
 """The README's ablation table from a multirun: final held-out metrics, mean and spread over seeds.
 
     python train.py -m <variants> seed=0,1,2          # e.g. the README's ablation line
-    python scripts/ablation_table.py logs/train/multiruns/<stamp>
+    python scripts/ablation_table.py logs/train/multiruns/<stamp> [<another sweep> ...]
 
 Each job directory of the multirun holds its overrides (.hydra/overrides.yaml) and its logged
 metrics (csv/metrics.csv). Jobs whose overrides differ only in `seed` form one row; a cell is
@@ -50,19 +50,34 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda p: int(p.name) if p.name.isdigit() else p.name)
 
 
-def rows_of(sweep_dir: Path) -> dict[str, list[dict[str, float]]]:
-    """Final metrics of every finished job, grouped by their overrides without `seed`."""
-    rows: dict[str, list[dict[str, float]]] = {}
-    for job in job_dirs(sweep_dir):
+def finished(job: Path, metrics: dict[str, float]) -> bool:
+    """Whether the job's last validation was at its last epoch (not a run still going)."""
+    max_epochs = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["trainer"][
+        "max_epochs"
+    ]
+    return metrics.get("epoch", -1) + 1 >= max_epochs
+
+
+def rows_of(sweep_dirs: list[Path]) -> dict[str, list[dict[str, float]]]:
+    """Final metrics of every finished job, grouped by their overrides without `seed` (and
+    without the overrides every job shares)."""
+    jobs = []
+    for job in (job for sweep_dir in sweep_dirs for job in job_dirs(sweep_dir)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        setting = " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)"
         metrics_csv = job / "csv" / "metrics.csv"
         if not metrics_csv.is_file():
-            print(
-                f"skipped {job}: no csv/metrics.csv (not run, or no csv logger)", file=sys.stderr
-            )
+            print(f"skipped {job}: no csv/metrics.csv", file=sys.stderr)
             continue
-        rows.setdefault(setting, []).append(final_metrics(metrics_csv))
+        metrics = final_metrics(metrics_csv)
+        if not finished(job, metrics):
+            print(f"skipped {job}: not finished", file=sys.stderr)
+            continue
+        jobs.append(([o for o in overrides if not o.startswith("seed=")], metrics))
+    shared = set.intersection(*(set(o) for o, _ in jobs)) if len(jobs) > 1 else set()
+    rows: dict[str, list[dict[str, float]]] = {}
+    for overrides, metrics in jobs:
+        setting = " ".join(o for o in overrides if o not in shared) or "(defaults)"
+        rows.setdefault(setting, []).append(metrics)
     return rows
 
 
@@ -85,18 +100,19 @@ def markdown_table(rows: dict[str, list[dict[str, float]]], columns: list[str]) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (logs/.../multiruns/X)")
+    parser.add_argument(
+        "sweep_dirs", type=Path, nargs="+", help="multirun directories (logs/.../multiruns/X)"
+    )
     parser.add_argument(
         "--columns", nargs="+", default=list(DEFAULT_COLUMNS), help="metric keys, in order"
     )
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.error(f"{args.sweep_dir} is not a directory")
-    rows = rows_of(args.sweep_dir)
+    for sweep_dir in args.sweep_dirs:
+        if not sweep_dir.is_dir():
+            parser.error(f"{sweep_dir} is not a directory")
+    rows = rows_of(args.sweep_dirs)
     if not rows:
-        parser.error(
-            f"no finished jobs under {args.sweep_dir} (expected <job>/.hydra/overrides.yaml)"
-        )
+        parser.error("no jobs found (expected <sweep>/<job>/.hydra/overrides.yaml)")
     print(markdown_table(rows, args.columns))
     return 0
 

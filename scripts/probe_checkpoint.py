@@ -57,10 +57,22 @@ def probe_embeddings(run_dir: Path, weights: Path) -> tuple[np.ndarray, list[dic
             embeddings.append(encoder(view(batch["image"])).double())
             meta += batch["meta"]
             labels += batch["label"].tolist()
-            if len(meta) >= cfg.model.probe_size:
+            if len(meta) >= probe_rows(cfg):
                 break
-    n = cfg.model.probe_size
+    n = probe_rows(cfg)
     return torch.cat(embeddings)[:n].numpy(), meta[:n], labels[:n]
+
+
+def probe_rows(cfg) -> int:
+    """How many validation samples the module probed: `model.probe_size`, or fewer when the
+    run validated only `trainer.limit_val_batches` batches."""
+    limit = cfg.trainer.get("limit_val_batches")
+    if limit is None:
+        return cfg.model.probe_size
+    if isinstance(limit, float):
+        raise SystemExit("runs with a fractional trainer.limit_val_batches are not supported")
+    batch = cfg.data.get("val_batch_size") or cfg.data.batch_size
+    return min(cfg.model.probe_size, limit * batch)
 
 
 def sklearn_probes(z: np.ndarray, values: list) -> tuple[float, float]:

@@ -25,6 +25,7 @@ from spec_align.callbacks.probe import Probe, embed_probe, read_probe
 from spec_align.explain.figures import (
     embedding_maps,
     image_grid,
+    mode_membership,
     project_2d,
     save_png,
     spectrum_plot,
@@ -451,11 +452,9 @@ class ClusterLogCallback(Callback):
                 title=_mode_title(mode, step),
                 columns=_GRID_COLUMNS,
             )
-        membership = np.full(len(thumbnails), -1)
-        # Strongest modes first: a sample in two clusters keeps the colour of the stronger.
-        for index in sorted(range(len(shown)), key=lambda i: -abs(shown[i]["eigenvalue"])):
-            members = np.array(shown[index]["members"])
-            membership[members[membership[members] < 0]] = index
+        membership = mode_membership(
+            [m["members"] for m in shown], [m["eigenvalue"] for m in shown], len(thumbnails)
+        )
         images["map"] = embedding_maps(
             [project_2d(z.cpu().numpy(), self.map_method, self.seed) for z in (x, y)],
             [f"encoder ({self.map_method.upper()})", f"reference ({self.map_method.upper()})"],

@@ -162,6 +162,9 @@ def test_every_readme_command_is_tested():
         "spec-compare x.npy y.pt --y-key emb --labels labels.npy --images paths.txt --out report/",
         "torchrun --nproc-per-node 2 -m spec_align.cli x.npy y.npy --rff-dim 1024",
         WANDB_WORKSPACE,
+        ABLATION,
+        ABLATION_TABLE,
+        PROBE_CHECKPOINT,
         "python scripts/make_shards.py --folder images/ --out shards/",
         "python scripts/make_shards.py --csv pairs.csv --out shards/",
     }
@@ -476,3 +479,34 @@ def test_make_shards_from_a_folder_and_from_a_csv(shell, user_dir):
     shell("python scripts/make_shards.py --csv pairs.csv --out shards/")
     sizes = json.loads((user_dir / "shards" / "sizes.json").read_text())
     assert sum(sizes.values()) == 6
+
+
+# ----------------------------------------------------------------------- the demo's ablation
+
+ABLATION = readme_command("python train.py -m experiment=demo/")
+ABLATION_TABLE = "python scripts/ablation_table.py <sweep>"
+PROBE_CHECKPOINT = "python scripts/probe_checkpoint.py <run>"
+
+
+@pytest.mark.slow
+def test_ablation_sweep_table_and_independent_probe(shell, user_dir):
+    """The README's ablation line (shortened), its table script, and scikit-learn's probes of
+    a job's checkpoint against the values the job logged."""
+    shell(ABLATION, *SHORT)
+    (sweep,) = (user_dir / "logs" / "train" / "multiruns").iterdir()
+    variants = re.search(r"experiment=(\S+)", ABLATION)[1].split(",")
+
+    table = shell(ABLATION_TABLE.replace("<sweep>", str(sweep)), readme=False).stdout
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert [re.search(r"experiment=(\S+)", row)[1] for row in rows] == variants
+    assert all(row.split(" | ")[1] == "3" for row in rows), table  # seeds per row
+    assert all("±" in row for row in rows), table  # mean ± spread in every cell
+
+    job = sweep / "3"  # demo/spec_align, seed 0: the default run
+    probes = shell(PROBE_CHECKPOINT.replace("<run>", str(job)), readme=False).stdout
+    lines = {line.split()[0]: line.split()[1:] for line in probes.splitlines()[2:]}
+    assert set(lines) >= {"texture", "shape", "colour", "side", "label"}, probes
+    for name in ("texture", "shape", "colour", "side"):
+        knn, logged_knn, linear, logged_linear = map(float, lines[name])
+        assert knn == pytest.approx(logged_knn, abs=1e-3), probes  # the same vote, 3 decimals
+        assert linear == pytest.approx(logged_linear, abs=1 / 64 + 1e-3), probes  # 1 row of 64
