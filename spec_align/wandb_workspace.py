@@ -33,6 +33,7 @@ __all__ = [
     "long_lived_ids",
     "main",
     "mode_grid",
+    "noise_floor",
     "num_modes",
     "tracked_eigenvalue",
 ]
@@ -58,6 +59,11 @@ def eigenvalue(direction: str, index: int) -> str:
 def num_modes(direction: str) -> str:
     """Key of the number of modes of one direction."""
     return f"clusters/{direction}/num_modes"
+
+
+def noise_floor(direction: str) -> str:
+    """Key of the noise floor of one direction (with the callback's stability_resamples)."""
+    return f"clusters/{direction}/noise_floor"
 
 
 def tracked_eigenvalue(mode_id: int) -> str:

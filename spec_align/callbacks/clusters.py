@@ -39,6 +39,7 @@ from spec_align.explain.modes import (
     labelled_share,
     mode_records,
 )
+from spec_align.explain.stability import mode_stability
 from spec_align.losses.divergence import check_finite_embeddings
 from spec_align.spectrum import SpecResult, compare, estimate_sigma
 from spec_align.spectrum.validation import KERNELS
@@ -125,6 +126,9 @@ class ClusterLogCallback(Callback):
             their eigenvectors on the probe set (both in [0, 1]).
         match_memory: evaluations a mode that was not found (it fell out of the top_k)
             stays matchable, so it keeps its id when it comes back.
+        stability_resamples: SPEC reruns on random halves of the probe per evaluation
+            (`spec_align.explain.mode_stability`): each mode's reappearance in modes.json and
+            the table, and the noise floor as clusters/<direction>/noise_floor. 0: off.
         kernel: "gaussian" or "cosine" (see `spec_align.compare`).
         eta: weight of the reference kernel.
         rff_dim: random Fourier features per side; None: the exact kernel (probe_size
@@ -154,6 +158,7 @@ class ClusterLogCallback(Callback):
         cluster_size: int = 50,
         match_threshold: float = 0.3,
         match_memory: int = 2,
+        stability_resamples: int = 0,
         kernel: str = "gaussian",
         eta: float = 1.0,
         rff_dim: int | None = None,
@@ -179,6 +184,12 @@ class ClusterLogCallback(Callback):
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(stability_resamples, bool) or not (
+            isinstance(stability_resamples, int) and stability_resamples >= 0
+        ):
+            raise ValueError(
+                f"stability_resamples must be an int >= 0, got {stability_resamples!r}"
+            )
         if not 0 <= grid_modes <= top_k:
             raise ValueError(f"grid_modes must be in [0, top_k={top_k}], got {grid_modes}")
         if probe_size < 2 * top_k:
@@ -206,6 +217,7 @@ class ClusterLogCallback(Callback):
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.seed = seed
         self.tracker = ModeTracker(match_threshold, match_memory)
+        self.stability_resamples = stability_resamples
         self.history: list[dict[str, Any]] = []
         self._sigmas: tuple[float, float] | None = None
         self._last_step: int | None = None
@@ -337,6 +349,10 @@ class ClusterLogCallback(Callback):
             seed=self.seed,
             names=("encoder", "reference"),
         )
+        if self.stability_resamples:
+            result.stability = mode_stability(
+                x, y, result, resamples=self.stability_resamples, seed=self.seed
+            )
         modes = self._describe_modes(result)
         tracks = self.tracker.update(
             [Mode(m["direction"], m["member_keys"], m["scores"]) for m in modes]
@@ -426,6 +442,9 @@ class ClusterLogCallback(Callback):
                     "members": members,
                     "member_keys": [probe.keys[i] for i in members],
                     "scores": result.scores[:, record["mode"]].cpu().numpy(),
+                    "reappearance": None
+                    if result.stability is None
+                    else result.stability.reappearance[record["mode"]],
                 }
             )
         return modes
@@ -559,6 +578,9 @@ def _scalars(result: SpecResult, modes: list[dict], top_k: int) -> dict[str, flo
             scalars[keys.eigenvalue(direction, i)] = value
     for mode in modes:
         scalars[keys.tracked_eigenvalue(mode["tracked_id"])] = mode["eigenvalue"]
+    if result.stability is not None:
+        for direction, floor in zip(DIRECTIONS, result.stability.noise_floor, strict=True):
+            scalars[keys.noise_floor(direction)] = float(floor)
     return scalars
 
 
@@ -569,6 +591,7 @@ _TABLE_COLUMNS = [
     "tracked_id",
     "eigenvalue",
     "match_similarity",
+    "reappearance",
     "dominant",
     "purity",
     "label",
@@ -590,6 +613,7 @@ def _table_row(mode: dict, thumbnails: np.ndarray) -> list:
         mode["tracked_id"],
         mode["eigenvalue"],
         mode["match_similarity"],
+        mode["reappearance"],
         mode["dominant"],
         mode["purity"],
         mode["label"],

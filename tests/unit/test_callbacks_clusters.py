@@ -231,3 +231,26 @@ def test_config_node_instantiates(tmp_path):
     assert callback.dirpath == tmp_path / "clusters" and callback.seed == 3
     assert callback.probe_size == 96, "the module's probe"
     assert (callback.tracker.threshold, callback.tracker.memory) == (0.3, 2)
+
+
+def test_stability_resamples_report_reappearance_and_the_noise_floor(tmp_path):
+    callback = _callback(tmp_path, stability_resamples=4)
+    _fit(tmp_path, [callback], logger=CSVLogger(tmp_path / "csv"))
+    for folder in (tmp_path / "clusters").glob("step_*"):
+        modes = json.loads((folder / "modes.json").read_text())["modes"]
+        assert all(0.0 <= m["reappearance"] <= 1.0 for m in modes)
+    with open(next((tmp_path / "csv").rglob("metrics.csv"))) as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("clusters/spec_diff")]
+    for direction in ("enc_minus_ref", "ref_minus_enc"):
+        assert all(float(r[f"clusters/{direction}/noise_floor"]) > 0 for r in rows)
+    with pytest.raises(ValueError, match="stability_resamples must be an int >= 0"):
+        _callback(tmp_path, stability_resamples=-1)
+
+
+def test_stability_is_off_by_default(tmp_path):
+    callback = _callback(tmp_path)
+    _fit(tmp_path, [callback])
+    (folder,) = sorted((tmp_path / "clusters").glob("step_*"))[:1]
+    assert all(
+        m["reappearance"] is None for m in json.loads((folder / "modes.json").read_text())["modes"]
+    )
