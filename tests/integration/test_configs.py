@@ -125,8 +125,9 @@ def test_every_group_option_composes_and_instantiates(
 def test_default_config_is_the_documented_offline_run(compose_train):
     cfg = compose_train(base=False)
     choices = HydraConfig.get().runtime.choices
-    assert (choices.encoder, choices.ref, choices.task, choices.data) == (
-        "tiny",
+    assert (choices.encoder, choices.start, choices.ref, choices.task, choices.data) == (
+        "tiny_captions",
+        "captions_only",
         "efficientnet_cached",
         "contrastive",
         "synthetic",
