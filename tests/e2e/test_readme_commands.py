@@ -498,7 +498,7 @@ def test_ablation_sweep_table_and_independent_probe(shell, user_dir):
 
     table = shell(ABLATION_TABLE.replace("<sweep>", str(sweep)), readme=False).stdout
     rows = [line for line in table.splitlines() if line.startswith("| `")]
-    assert [re.search(r"experiment=(\S+)", row)[1] for row in rows] == variants
+    assert [re.search(r"experiment=([\w/]+)", row)[1] for row in rows] == variants
     assert all(row.split(" | ")[1] == "3" for row in rows), table  # seeds per row
     assert all("±" in row for row in rows), table  # mean ± spread in every cell
 
