@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from spec_align.utils.logging import get_logger
-from spec_align.utils.runs import is_experiment_key
+from spec_align.utils.runs import flatten_config, is_experiment_key
 
 __all__ = ["ENCODER_FILE", "ensure_start", "start_config", "start_dir"]
 
@@ -126,20 +126,11 @@ def _fingerprint(run_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
         # Data loading keys (workers, where the files are) do not change the weights.
         trained_by.update(
             (k, v)
-            for k, v in _flatten(value, key).items()
+            for k, v in flatten_config(value, f"{key}.").items()
             if key != "data" or is_experiment_key(k)
         )
     text = json.dumps(trained_by, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12], trained_by
-
-
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}"))
-        return flat
-    return {prefix: value}
 
 
 def start_dir(cfg: DictConfig) -> Path:

@@ -28,6 +28,7 @@ __all__ = [
     "checked_overrides",
     "experiment_differences",
     "find_resumable",
+    "flatten_config",
     "own_checkpoint",
     "is_experiment_key",
     "newest_loadable",
@@ -90,18 +91,19 @@ def run_name(overrides: Iterable[str]) -> str | None:
     return ",".join(sorted(kept)) or None
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A plain config as dotted keys (`prefix` ends with "." or is empty) -> leaf values."""
     if isinstance(node, Mapping):
         flat: dict[str, Any] = {}
         for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         return flat or {prefix[:-1]: {}}
     return {prefix[:-1]: node}
 
 
 def _experiment_config(cfg: DictConfig | Mapping) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
-    return {k: v for k, v in _flatten(plain).items() if is_experiment_key(k)}
+    return {k: v for k, v in flatten_config(plain).items() if is_experiment_key(k)}
 
 
 def experiment_differences(saved: DictConfig, current: DictConfig) -> list[str]:
