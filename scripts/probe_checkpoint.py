@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import LeaveOneOut, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
@@ -30,9 +29,8 @@ from sklearn.preprocessing import StandardScaler
 
 from spec_align.data.transforms import ViewAdapter
 from spec_align.modules.init_weights import load_encoder_weights
-from spec_align.train import _compose_run_config
+from spec_align.train import recompose_run_config
 from spec_align.utils import register_resolvers
-from spec_align.utils.runs import OVERRIDES_FILE, checked_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_table import final_metrics  # noqa: E402
@@ -40,9 +38,7 @@ from ablation_table import final_metrics  # noqa: E402
 
 def probe_embeddings(run_dir: Path, weights: Path) -> tuple[np.ndarray, list[dict], list[int]]:
     """Embeddings of the run's probe set by the encoder with `weights`, its metadata, labels."""
-    overrides_file = run_dir / OVERRIDES_FILE
-    overrides = checked_overrides(list(OmegaConf.load(overrides_file)), overrides_file)
-    cfg = _compose_run_config([*overrides, "start=none"])
+    cfg = recompose_run_config(run_dir, "start=none")
     cfg.paths.output_dir = str(run_dir)
     encoder = instantiate(cfg.encoder)
     load_encoder_weights(encoder, str(weights))

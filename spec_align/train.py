@@ -40,6 +40,7 @@ from spec_align.utils.runs import (
 __all__ = [
     "ConfigError",
     "evaluate",
+    "recompose_run_config",
     "resolve_ckpt_path",
     "run",
     "validate_config",
@@ -475,6 +476,26 @@ def _compose_run_config(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides)
 
 
+def recompose_run_config(run_dir: Path, *extra: str) -> DictConfig:
+    """A run's train config, composed again from the project's configs and the run's recorded
+    overrides (`.hydra/overrides.yaml`, refused if one names code), plus `extra` overrides.
+
+    Raises:
+        ConfigError: the directory has no overrides file, or one of them names code.
+    """
+    overrides_file = run_dir / OVERRIDES_FILE
+    if not overrides_file.is_file():
+        raise ConfigError(
+            f"no run overrides at {overrides_file}; pass run_dir=<the directory of the run that "
+            "wrote the checkpoint>"
+        )
+    try:
+        overrides = checked_overrides(list(OmegaConf.load(overrides_file)), overrides_file)
+    except RunDirError as err:
+        raise ConfigError(str(err)) from None
+    return _compose_run_config([*overrides, *extra])
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Validate a checkpoint with the data and model of the run that wrote it.
 
@@ -494,17 +515,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt_path.is_file():
         raise ConfigError(f"ckpt_path {ckpt_path} is not a file")
     run_dir = Path(cfg.get("run_dir") or ckpt_path.resolve().parent.parent)
-    overrides_file = run_dir / OVERRIDES_FILE
-    if not overrides_file.is_file():
-        raise ConfigError(
-            f"no run overrides at {overrides_file}; pass run_dir=<the directory of the run that "
-            "wrote the checkpoint>"
-        )
-    try:
-        overrides = checked_overrides(list(OmegaConf.load(overrides_file)), overrides_file)
-    except RunDirError as err:
-        raise ConfigError(str(err)) from None
-    run_cfg = _compose_run_config(overrides)
+    run_cfg = recompose_run_config(run_dir)
     saved = run_dir / CONFIG_FILE
     if saved.is_file():
         differences = experiment_differences(OmegaConf.load(saved), run_cfg)
