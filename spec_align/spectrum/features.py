@@ -194,6 +194,10 @@ class RandomFourierFeatures(nn.Module):
         rff_dim: number of random frequencies D (the map has 2D outputs).
         sigma: Gaussian bandwidth, > 0.
         seed: seed of the frequencies.
+        dtype: dtype in which the frequencies are drawn and kept. float64 (the default) for
+            maps that are kept; float32 draws a different sequence from the same seed about
+            6x faster on the CPU, for throwaway maps drawn every step (the penalty's fresh
+            frequencies), whose float32 error is far below the random-feature error.
 
     Shapes:
         forward: (n, in_dim) -> (n, 2 * rff_dim), in the dtype of the input.
@@ -201,7 +205,14 @@ class RandomFourierFeatures(nn.Module):
 
     frequencies: Tensor
 
-    def __init__(self, in_dim: int, rff_dim: int, sigma: float, seed: int = 0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        rff_dim: int,
+        sigma: float,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         super().__init__()
         check_sigma(sigma, "sigma")
         if rff_dim < 1:
@@ -212,7 +223,7 @@ class RandomFourierFeatures(nn.Module):
         self.sigma = float(sigma)
         self.seed = seed
         generator = torch.Generator().manual_seed(seed)
-        frequencies = torch.randn(in_dim, rff_dim, generator=generator, dtype=torch.float64)
+        frequencies = torch.randn(in_dim, rff_dim, generator=generator, dtype=dtype)
         self.register_buffer("frequencies", frequencies / self.sigma)
 
     def forward(self, z: Tensor) -> Tensor:

@@ -59,7 +59,9 @@ def test_fresh_frequencies_average_to_the_exact_kernel():
     mean = (
         sum(
             (lambda phi: phi @ phi.T)(
-                RandomFourierFeatures(6, 64, sigma, seed=frequency_seed(3, step))(unit)
+                RandomFourierFeatures(
+                    6, 64, sigma, seed=frequency_seed(3, step), dtype=torch.float32
+                )(unit.float()).double()
             )
             for step in range(steps)
         )
@@ -68,6 +70,23 @@ def test_fresh_frequencies_average_to_the_exact_kernel():
     exact = gaussian_kernel(unit, sigma)
     # Each entry averages 400 x 64 cosines of variance <= 1/2: standard error <= 0.0045.
     assert float((mean - exact).abs().max()) < 0.03
+
+
+def test_fresh_frequencies_are_float32_draws_from_the_step_seed():
+    """The penalty at step s is SPEC-diff of float32 maps seeded with frequency_seed(seed, s)."""
+    x, y = clustered_pair(n=30)
+    penalty = _penalty(frequencies="fresh")
+    penalty.fit(x, y)
+    seed = frequency_seed(3, 5)
+    maps = [
+        RandomFourierFeatures(z.shape[1], 32, float(sigma), seed=seed, dtype=torch.float32)
+        for z, sigma in ((x, penalty.sigma_encoder_value), (y, penalty.sigma_ref_value))
+    ]
+    phi_x, phi_y = (m(F.normalize(z.float(), dim=1)) for m, z in zip(maps, (x, y), strict=True))
+    assert maps[0].frequencies.dtype == torch.float32
+    assert float(penalty(x, y, step=5)) == pytest.approx(
+        float(spec_diff_features(phi_x, phi_y)), rel=1e-6
+    )
 
 
 def test_fixed_frequencies_are_todays_map():
