@@ -365,10 +365,12 @@ class SpectralPenalty(_KernelPenalty):
             raise ValueError("frequencies=fresh draws per optimizer step: pass step=...")
         seed = frequency_seed(self.seed, step)
         # One seed for both sides, as the fixed maps: identical embeddings still give 0.
-        # Drawn in float32, the dtype they are used in: drawing 2.7 M float64 normals took
-        # 38 ms a step on the CPU (ViT-B-32 widths), more than the penalty's solve.
+        # Drawn where and as they are used (float32, the embeddings' device): 2.7 M float64
+        # normals on the CPU took 38 ms a step at ViT-B-32 widths, more than the solve.
         maps = [
-            RandomFourierFeatures(z.shape[1], self.rff_dim, sigma, seed=seed, dtype=torch.float32)
+            RandomFourierFeatures(
+                z.shape[1], self.rff_dim, sigma, seed=seed, dtype=torch.float32, device=z.device
+            )
             for z, sigma in ((z_enc, sigmas[0]), (z_ref, sigmas[1]))
         ]
         return (

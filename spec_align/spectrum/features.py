@@ -194,10 +194,12 @@ class RandomFourierFeatures(nn.Module):
         rff_dim: number of random frequencies D (the map has 2D outputs).
         sigma: Gaussian bandwidth, > 0.
         seed: seed of the frequencies.
-        dtype: dtype in which the frequencies are drawn and kept. float64 (the default) for
-            maps that are kept; float32 draws a different sequence from the same seed about
-            6x faster on the CPU, for throwaway maps drawn every step (the penalty's fresh
-            frequencies), whose float32 error is far below the random-feature error.
+        dtype, device: where the frequencies are drawn and kept. float64 on the CPU (the
+            default) gives the same map from a seed everywhere, for maps that are kept.
+            Throwaway maps drawn every step (the penalty's fresh frequencies) are drawn in
+            float32 on the embeddings' device: 6x faster on the CPU, no host-to-device copy
+            on a GPU, and a float32 error far below the random-feature error. Each
+            (dtype, device) gives its own sequence for a seed, the same on every process.
 
     Shapes:
         forward: (n, in_dim) -> (n, 2 * rff_dim), in the dtype of the input.
@@ -212,6 +214,7 @@ class RandomFourierFeatures(nn.Module):
         sigma: float,
         seed: int = 0,
         dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         check_sigma(sigma, "sigma")
@@ -222,8 +225,10 @@ class RandomFourierFeatures(nn.Module):
         self.out_dim = 2 * rff_dim
         self.sigma = float(sigma)
         self.seed = seed
-        generator = torch.Generator().manual_seed(seed)
-        frequencies = torch.randn(in_dim, rff_dim, generator=generator, dtype=dtype)
+        generator = torch.Generator(device=device or "cpu").manual_seed(seed)
+        frequencies = torch.randn(
+            in_dim, rff_dim, generator=generator, dtype=dtype, device=generator.device
+        )
         self.register_buffer("frequencies", frequencies / self.sigma)
 
     def forward(self, z: Tensor) -> Tensor:
