@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,cluster,wandb]"
+	$(PY) -m pip install --quiet -e ".[dev,cluster,wandb,bench]"
 	touch $@
 
 install: $(VENV)/.installed
