@@ -16,12 +16,13 @@ def prepare_once(target: Path, build: Callable[[Path], dict]) -> dict:
     """Return the info of `target`, building it first with `build(tmp_dir)` if missing.
 
     `build` writes shards into a temporary sibling directory and returns a JSON-able info dict
-    whose "train"/"val" entries are shard patterns relative to the directory. The directory is
-    renamed into place only when complete, so an interrupted run leaves no half dataset and
-    concurrent builders (several ranks without a shared prepare step) agree on one result.
+    whose "train" and (if the dataset has one) "val" entries are shard patterns relative to
+    the directory. The directory is renamed into place only when complete, so an interrupted
+    run leaves no half dataset and concurrent builders (several ranks without a shared
+    prepare step) agree on one result.
 
     Returns:
-        The info dict with "root" and absolute "train"/"val" patterns.
+        The info dict with "root" and absolute shard patterns.
     """
     if not (target / INFO_FILE).exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -40,5 +41,6 @@ def prepare_once(target: Path, build: Callable[[Path], dict]) -> dict:
     info = json.loads((target / INFO_FILE).read_text())
     info["root"] = str(target)
     for split in ("train", "val"):
-        info[split] = str(target / info[split])
+        if split in info:
+            info[split] = str(target / info[split])
     return info
