@@ -25,7 +25,7 @@ __all__ = [
 
 # What the user reads for each loss term the module logs under train/<name>.
 TERM_ROLES = {
-    "task_loss": "task term",
+    "task_loss": "task total",
     "spec_diff": "spectral penalty",
     "kuea": "kernel-matching penalty",
     "kuea_frobenius": "kernel-matching penalty",
@@ -33,6 +33,10 @@ TERM_ROLES = {
     "loss": "weighted total",
 }
 _MAX_NAMES = 5  # non-finite tensors named in a message; the rest are counted
+
+
+def _role(name: str) -> str:
+    return "task term" if name.startswith("task/") else TERM_ROLES.get(name, "term")
 
 
 class DivergenceError(FloatingPointError):
@@ -86,9 +90,11 @@ def check_finite_losses(terms: Mapping[str, Tensor], step: int, trainer: Any = N
     bad = nonfinite_names(terms.items())
     if not bad:
         return
-    # Name the terms themselves, not the total they made non-finite.
-    culprits = [name for name in bad if name != "loss"] or bad
-    described = ", ".join(f"the {TERM_ROLES.get(n, 'term')} train/{n}" for n in culprits)
+    # Name the terms themselves, not the totals they made non-finite (the weighted total,
+    # and the task's total of its own terms, task/<term>).
+    totals = {"loss"} | ({"task_loss"} if any(n.startswith("task/") for n in bad) else set())
+    culprits = [name for name in bad if name not in totals] or bad
+    described = ", ".join(f"the {_role(name)} train/{name}" for name in culprits)
     values = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in terms.items())
     raise DivergenceError(
         f"training diverged at step {step}: {described} {'is' if len(culprits) == 1 else 'are'} "

@@ -1,7 +1,10 @@
 """Task losses of the trainable encoder: CLIP contrastive, linear-head classification, none.
 
 Every task loss takes the (global-batch) image embeddings and whatever else it needs by
-keyword, and returns a scalar. Its `weight` multiplies it in the total loss.
+keyword, and returns its named terms, each already multiplied by the loss's `weight`, as
+open_clip's losses do with `output_dict=True`: a task of several terms (a captioning term
+next to the contrastive one, say) needs no change in the module, which sums the terms into
+train/task_loss and logs each as train/task/<name>.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ class TaskLoss(nn.Module):
         weight: multiplier of this term in the total loss, >= 0.
 
     Attributes:
+        term_names: the keys `forward` returns.
         needs_text: whether `forward` needs text embeddings (the batch's captions).
         needs_labels: whether `forward` needs integer labels.
     """
 
+    term_names: tuple[str, ...] = ()
     needs_text: bool = False
     needs_labels: bool = False
 
@@ -45,7 +50,8 @@ class TaskLoss(nn.Module):
         text_features: Tensor | None = None,
         labels: Tensor | None = None,
         logit_scale: Tensor | None = None,
-    ) -> Tensor:
+    ) -> dict[str, Tensor]:
+        """The weighted terms by name (`term_names`), scalars."""
         raise NotImplementedError
 
 
@@ -63,6 +69,7 @@ class ContrastiveLoss(TaskLoss):
         max_logit_scale: upper bound of exp(logit_scale).
     """
 
+    term_names = ("contrastive_loss",)
     needs_text = True
 
     def __init__(self, weight: float = 1.0, max_logit_scale: float = 100.0) -> None:
@@ -84,8 +91,9 @@ class ContrastiveLoss(TaskLoss):
         text_features: Tensor | None = None,
         labels: Tensor | None = None,
         logit_scale: Tensor | None = None,
-    ) -> Tensor:
-        """Mean of the image->text and text->image cross-entropies.
+    ) -> dict[str, Tensor]:
+        """contrastive_loss: weight x the mean of the image->text and text->image
+        cross-entropies.
 
         Shapes:
             image_features: (B, D), text_features: (B, D), logit_scale: () -> ()
@@ -93,9 +101,10 @@ class ContrastiveLoss(TaskLoss):
         if text_features is None or logit_scale is None:
             raise ValueError("ContrastiveLoss needs text_features and logit_scale")
         scale = logit_scale.exp().clamp(max=self.max_logit_scale)
-        return self.clip_loss(
+        loss = self.clip_loss(
             F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), scale
         )
+        return {"contrastive_loss": self.weight * loss}
 
 
 class ClassificationLoss(TaskLoss):
@@ -106,6 +115,7 @@ class ClassificationLoss(TaskLoss):
         weight: multiplier of this term in the total loss.
     """
 
+    term_names = ("classification_loss",)
     needs_labels = True
 
     def __init__(self, num_classes: int, weight: float = 1.0) -> None:
@@ -138,8 +148,9 @@ class ClassificationLoss(TaskLoss):
         text_features: Tensor | None = None,
         labels: Tensor | None = None,
         logit_scale: Tensor | None = None,
-    ) -> Tensor:
-        """Mean cross-entropy over labelled samples (0 with a gradient path if none are).
+    ) -> dict[str, Tensor]:
+        """classification_loss: weight x the mean cross-entropy over labelled samples (0
+        with a gradient path if none are).
 
         Shapes:
             image_features: (B, D), labels: (B,) long -> ()
@@ -148,8 +159,10 @@ class ClassificationLoss(TaskLoss):
             raise ValueError("ClassificationLoss needs labels")
         logits = self.logits(image_features)
         if bool((labels < 0).all()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels, ignore_index=-1)
+            loss = logits.sum() * 0.0
+        else:
+            loss = F.cross_entropy(logits, labels, ignore_index=-1)
+        return {"classification_loss": self.weight * loss}
 
 
 class NoTaskLoss(TaskLoss):
@@ -165,5 +178,5 @@ class NoTaskLoss(TaskLoss):
         text_features: Tensor | None = None,
         labels: Tensor | None = None,
         logit_scale: Tensor | None = None,
-    ) -> Tensor:
-        return image_features.sum() * 0.0
+    ) -> dict[str, Tensor]:
+        return {}

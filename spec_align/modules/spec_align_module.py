@@ -70,7 +70,10 @@ class SpecAlignModule(LightningModule):
     written) raises `DivergenceError` naming the step, the term and the last good checkpoint.
 
     Logged keys (see `metric_names`; train/data_wait_s is the `DataWaitTimer` callback's):
-    train/loss, train/task_loss, train/<penalty.name> (steps with the penalty active:
+    train/loss, train/task_loss (the task loss's weighted terms summed: with
+    loss.task.weight=w, w times the task's own loss), train/task/<term> for each term
+    (train/task/contrastive_loss, train/task/classification_loss; none for task=none),
+    train/<penalty.name> (steps with the penalty active:
     train/spec_diff, train/kuea or train/kuea_frobenius), train/anchor (anchor on),
     train/samples_skipped and train/shard_errors (samples lost to corrupt data and failed shard
     reads so far, summed over ranks, see `SkipCounter`); val/spec_diff (float64 SPEC-diff of
@@ -78,7 +81,7 @@ class SpecAlignModule(LightningModule):
     `probe_size` validation
     samples), val/spec_diff_features (the same with the penalty's random-feature maps),
     val/spec_diff_median (exact kernels, both bandwidths refitted on the probe each time:
-    blind to the embedding's scale), val/spec_diff_best, val/task_loss,
+    blind to the embedding's scale), val/spec_diff_best, val/task_loss and val/task/<term>,
     val/zero_shot_acc (class prompts), val/i2t_r1 and val/t2i_r1 (caption retrieval on the
     probe set), val/acc (classification head); with `probes`, val/probe/<attribute>_knn
     and val/probe/<attribute>_linear for each of `probe_attributes` (`spec_align.modules.probes`
@@ -186,7 +189,8 @@ class SpecAlignModule(LightningModule):
     @property
     def metric_names(self) -> list[str]:
         """Keys this configuration can log (optimized_metric must be one of them)."""
-        names = ["train/loss", "train/task_loss"]
+        task_terms = [f"task/{name}" for name in self.task_loss.term_names]
+        names = ["train/loss", "train/task_loss", *(f"train/{name}" for name in task_terms)]
         names += ["train/samples_skipped", "train/shard_errors"]
         if self.penalty is not None:
             names += [
@@ -202,7 +206,7 @@ class SpecAlignModule(LightningModule):
         if self.encoder.has_text:
             names += ["val/i2t_r1", "val/t2i_r1"]
         if self.task_loss.weight > 0:
-            names.append("val/task_loss")
+            names += ["val/task_loss", *(f"val/{name}" for name in task_terms)]
         if self.zero_shot:
             names.append("val/zero_shot_acc")
         if isinstance(self.task_loss, ClassificationLoss):
@@ -283,8 +287,9 @@ class SpecAlignModule(LightningModule):
         """All loss terms of one training batch, on the global batch under DDP.
 
         Returns:
-            dict with "loss" (weighted total), "task_loss", "anchor" (anchor on) and, on
-            steps where the penalty is active, the penalty's `name` ("spec_diff", ...).
+            dict with "loss" (weighted total), "task_loss" (the task's weighted terms
+            summed), "task/<term>" for each of them, "anchor" (anchor on) and, on steps
+            where the penalty is active, the penalty's `name` ("spec_diff", ...).
         """
         z = self(batch["image"])
         text = labels = None
@@ -293,14 +298,14 @@ class SpecAlignModule(LightningModule):
         if self.task_loss.needs_labels:
             labels = gather_uneven(batch["label"].to(self.device))
         z_all = gather_with_grad(z)
-        task = self.task_loss(
+        terms = self.task_loss(
             z_all,
             text_features=text,
             labels=labels,
             logit_scale=getattr(self.encoder, "logit_scale", None),
         )
-        out = {"task_loss": task}
-        loss = self.task_loss.weight * task
+        loss = _task_total(terms, z_all)
+        out = {"task_loss": loss, **{f"task/{name}": value for name, value in terms.items()}}
         penalty = self.penalty
         if penalty is not None and (penalty.active(step) or not penalty.fitted):
             # The penalty's fit and solve reject NaN embeddings as bad samples: a diverged
@@ -373,13 +378,16 @@ class SpecAlignModule(LightningModule):
         if isinstance(self.task_loss, ClassificationLoss):
             self.val_acc.update(self.task_loss.logits(z), labels)
         if self.task_loss.weight > 0 and (text is not None or not self.task_loss.needs_text):
-            task = self.task_loss(
+            terms = self.task_loss(
                 z,
                 text_features=text,
                 labels=labels,
                 logit_scale=getattr(self.encoder, "logit_scale", None),
             )
-            self.log("val/task_loss", task, on_epoch=True, sync_dist=True, batch_size=size)
+            values = {"task_loss": _task_total(terms, z)}
+            values.update((f"task/{name}", value) for name, value in terms.items())
+            for name, value in values.items():
+                self.log(f"val/{name}", value, on_epoch=True, sync_dist=True, batch_size=size)
         self._collect_probe(batch, z, text)
 
     def _collect_probe(self, batch: dict[str, Any], z: Tensor, text: Tensor | None) -> None:
@@ -565,3 +573,11 @@ def _freeze_text_tower(encoder: ImageEncoder) -> None:
     for parameter in encoder.parameters():
         if id(parameter) not in keep:
             parameter.requires_grad_(False)
+
+
+def _task_total(terms: dict[str, Tensor], like: Tensor) -> Tensor:
+    """The task's weighted terms summed; a task without terms (task=none) gives a zero that
+    is still part of `like`'s graph, so a loss without a penalty step still has a backward."""
+    if not terms:
+        return like.sum() * 0.0
+    return torch.stack(list(terms.values())).sum()

@@ -30,8 +30,8 @@ _RANK_IDENTICAL_METRICS = (
     "val/i2t_r1",
     "val/t2i_r1",
 )
-# Families of such metrics, one key per probed attribute.
-_RANK_IDENTICAL_PREFIXES = ("val/probe/", "val/probe_ref/")
+# Families of such metrics: one key per task term, one per probed attribute.
+_RANK_IDENTICAL_PREFIXES = ("train/task/", "val/probe/", "val/probe_ref/")
 
 
 class _RankZeroFilter(logging.Filter):

@@ -80,7 +80,7 @@ def test_users_command_stops_at_the_nonfinite_loss(subprocess_env):
     assert result.returncode != 0, output[-3000:]
     assert "error: training diverged at step 1" in output, output[-3000:]
     assert "Traceback" not in output
-    assert "the task term train/task_loss is non-finite" in output
+    assert "the task term train/task/contrastive_loss is non-finite" in output
     assert "Last good checkpoint: none" in output
     new = {path: bad for path, bad in _checkpoints(logs).items() if path not in before}
     assert not [path for path, bad in new.items() if bad], new
@@ -90,7 +90,8 @@ def test_nonfinite_loss_stops_the_run_before_any_checkpoint(compose_train, tmp_p
     cfg = compose_train(
         *SHORT, "model.optimizer.lr=1e9", "loss.spectral.weight=0", "~callbacks.cluster_log"
     )
-    with pytest.raises(DivergenceError, match=r"at step 1: the task term train/task_loss"):
+    task_term = r"at step 1: the task term train/task/contrastive_loss"
+    with pytest.raises(DivergenceError, match=task_term):
         run(cfg)
     assert _checkpoints(tmp_path) == {}
 
@@ -192,5 +193,6 @@ def test_ddp_ranks_stop_together_at_the_nonfinite_loss(tmp_path, train_cli_args,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
-    assert "training diverged at step 1: the task term train/task_loss" in output, output[-3000:]
+    expected = "training diverged at step 1: the task term train/task/contrastive_loss"
+    assert expected in output, output[-3000:]
     assert not [path for path, bad in _checkpoints(tmp_path).items() if bad]

@@ -36,6 +36,7 @@ def test_short_run_logs_metrics_and_checkpoints(compose_train, tmp_path):
     expected = {
         "train/loss_step",
         "train/task_loss_step",
+        "train/task/contrastive_loss_step",
         "train/spec_diff_step",
         "train/data_wait_s_step",
         "train/samples_skipped",
@@ -46,6 +47,7 @@ def test_short_run_logs_metrics_and_checkpoints(compose_train, tmp_path):
         "val/i2t_r1",
         "val/t2i_r1",
         "val/task_loss",
+        "val/task/contrastive_loss",
     }
     assert expected <= logged, expected - logged
     assert 0.0 <= metrics["val/zero_shot_acc"] <= 1.0

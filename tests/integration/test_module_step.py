@@ -51,7 +51,13 @@ def test_one_step_changes_only_trainable_parameters():
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     buffers = {name: b.clone() for name, b in module.named_buffers() if name.startswith("ref.")}
     out = module.compute_losses(_batch(), step=0)
-    assert set(out) == {"loss", "task_loss", "spec_diff"}
+    assert set(out) == {"loss", "task_loss", "task/contrastive_loss", "spec_diff"}
+    # The task total is the sum of its weighted terms; the total adds the weighted penalty.
+    assert torch.equal(out["task_loss"], out["task/contrastive_loss"])
+    torch.testing.assert_close(
+        out["loss"], out["task_loss"] + module.penalty.weight * out["spec_diff"]
+    )
+    assert {"train/task/contrastive_loss", "val/task/contrastive_loss"} <= set(module.metric_names)
     out["loss"].backward()
     optimizer.step()
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spec_align.losses import ContrastiveLoss, SpectralPenalty
+from spec_align.losses import ClassificationLoss, ContrastiveLoss, NoTaskLoss, SpectralPenalty
 from spec_align.losses.divergence import DivergenceError, check_finite_losses, check_finite_state
 
 
@@ -32,7 +32,27 @@ def test_contrastive_loss_is_symmetric_infonce_on_unit_features(log_scale):
         3 * image, text_features=text / 2, logit_scale=torch.tensor(log_scale, dtype=torch.float64)
     )
     expected = _symmetric_infonce(image, text, min(math.exp(log_scale), 100.0))
-    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)
+    assert list(value) == list(loss.term_names) == ["contrastive_loss"]
+    torch.testing.assert_close(value["contrastive_loss"], expected, rtol=1e-12, atol=0)
+
+
+def test_task_terms_are_weighted():
+    """open_clip's output_dict convention: each returned term already carries the weight."""
+    generator = torch.Generator().manual_seed(0)
+    image, text = torch.randn(2, 6, 4, generator=generator, dtype=torch.float64)
+    scale = torch.tensor(2.0, dtype=torch.float64)
+    one, three = ContrastiveLoss(weight=1.0), ContrastiveLoss(weight=3.0)
+    base = one(image, text_features=text, logit_scale=scale)["contrastive_loss"]
+    weighted = three(image, text_features=text, logit_scale=scale)["contrastive_loss"]
+    torch.testing.assert_close(weighted, 3 * base, rtol=1e-12, atol=0)
+    classify = ClassificationLoss(num_classes=3, weight=0.5)
+    classify.head = torch.nn.Linear(4, 3).double()
+    labels = torch.tensor([0, 1, 2, -1, 1, 0])
+    terms = classify(image, labels=labels)
+    expected = F.cross_entropy(classify.logits(image), labels, ignore_index=-1)
+    assert list(terms) == list(classify.term_names) == ["classification_loss"]
+    torch.testing.assert_close(terms["classification_loss"], 0.5 * expected)
+    assert NoTaskLoss()(image) == {} and NoTaskLoss.term_names == ()
 
 
 def test_contrastive_loss_needs_text_and_temperature():
@@ -50,6 +70,18 @@ def test_a_nonfinite_term_is_named_with_the_step():
         check_finite_losses(terms, step=7)
     assert issubclass(DivergenceError, FloatingPointError)
     check_finite_losses({"task_loss": torch.tensor(1.5), "loss": torch.tensor(1.5)}, step=7)
+
+
+def test_a_nonfinite_task_term_is_named_not_the_totals():
+    nan = torch.tensor(float("nan"))
+    terms = {
+        "task_loss": nan,
+        "task/contrastive_loss": nan,
+        "spec_diff": torch.ones(()),
+        "loss": nan,
+    }
+    with pytest.raises(DivergenceError, match=r"the task term train/task/contrastive_loss is non"):
+        check_finite_losses(terms, step=2)
 
 
 def test_a_state_with_nan_names_its_tensors():
