@@ -3,6 +3,8 @@
 from spec_align.data.embedding_cache import EmbeddingCache, EmbeddingCacheWriter
 from spec_align.data.ref_builder import build_ref_cache, compute_ref_cache
 from spec_align.data.ref_cache import RefCache, RefCacheMissError, write_ref_cache
+from spec_align.data.samples import SkipCounter, collate, decode_sample
+from spec_align.data.shard_sources import SharedEpoch
 from spec_align.data.shards import (
     ShardSet,
     check_shard_count,
@@ -15,14 +17,7 @@ from spec_align.data.shards import (
     write_shards,
 )
 from spec_align.data.transforms import ResizeToTensor, ViewAdapter, images_to_float
-from spec_align.data.wds import (
-    SharedEpoch,
-    SkipCounter,
-    build_eval_pipeline,
-    build_train_pipeline,
-    collate,
-    decode_sample,
-)
+from spec_align.data.wds import build_eval_pipeline, build_train_pipeline
 
 __all__ = [
     "DATASETS",

@@ -12,9 +12,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from spec_align.data import digits, synthetic, textures
+from spec_align.data.samples import SkipCounter
+from spec_align.data.shard_sources import SharedEpoch
 from spec_align.data.shards import ShardSpec, check_shard_count, expand_shards, read_sizes
 from spec_align.data.transforms import ImageTransform, ResizeToTensor
-from spec_align.data.wds import SharedEpoch, SkipCounter, build_eval_pipeline, build_train_pipeline
+from spec_align.data.wds import build_eval_pipeline, build_train_pipeline
 
 __all__ = ["DATASETS", "WdsDataModule"]
 

@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from spec_align.data._progress import progress
 from spec_align.data.ref_cache import RefCache, ref_cache_meta, ref_cache_writer
+from spec_align.data.samples import SkipCounter
 from spec_align.data.shards import expand_shards, read_sizes
 from spec_align.data.transforms import ImageTransform, ResizeToTensor, ViewAdapter, images_to_float
-from spec_align.data.wds import SkipCounter, build_eval_pipeline
+from spec_align.data.wds import build_eval_pipeline
 
 if TYPE_CHECKING:  # the encoders package imports open_clip and timm: seconds, not needed here
     from spec_align.encoders.base import ImageEncoder

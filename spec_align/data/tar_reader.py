@@ -3,7 +3,7 @@
 Replaces webdataset's tar expansion, which accepts a truncated member as a short read and a
 cut-off header as the end: a shard cut off mid-file would silently yield a sample with damaged
 or missing fields. Here a cut-off or damaged shard raises `tarfile.ReadError`; the pipeline
-(`spec_align.data.wds`) counts and skips it.
+(`spec_align.data.samples.TarSamples`) counts and skips it.
 """
 
 from __future__ import annotations
