@@ -12,7 +12,13 @@ from lightning.pytorch import Trainer
 
 from spec_align.data import ViewAdapter
 from spec_align.encoders import TINY_CLIP, ClipEncoder, FrozenEncoder
-from spec_align.losses import ContrastiveLoss, DivergenceError, NoTaskLoss, SpectralPenalty
+from spec_align.losses import (
+    ContrastiveLoss,
+    DivergenceError,
+    NoTaskLoss,
+    SpectralPenalty,
+    TaskLoss,
+)
 from spec_align.modules import SpecAlignModule
 
 BATCH = 16
@@ -73,6 +79,47 @@ def test_one_step_changes_only_trainable_parameters():
     assert not any(m.training for m in module.ref.modules())
     module.train()
     assert not any(m.training for m in module.ref.modules()) and module.encoder.training
+
+
+class _TwoTermTask(TaskLoss):
+    """A task of two weighted terms (as open_clip's CoCaLoss): the contrastive one and a norm."""
+
+    term_names = ("contrastive_loss", "norm_loss")
+    needs_text = True
+
+    def __init__(self, weight: float) -> None:
+        super().__init__(weight)
+        self.contrastive = ContrastiveLoss(weight)
+
+    def forward(self, image_features, *, text_features=None, labels=None, logit_scale=None):
+        terms = self.contrastive(
+            image_features, text_features=text_features, logit_scale=logit_scale
+        )
+        return {**terms, "norm_loss": self.weight * image_features.norm(dim=-1).mean()}
+
+
+def test_a_multi_term_task_is_summed_into_the_task_total_and_logged_term_by_term():
+    torch.manual_seed(0)
+    module = SpecAlignModule(
+        encoder=ClipEncoder(TINY_CLIP, pretrained=None),
+        task_loss=_TwoTermTask(weight=2.5),
+        penalty=SpectralPenalty(rff_dim=64),
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+        ref=ClipEncoder(TINY_CLIP, pretrained=None),
+    )
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    loss = module.training_step(_batch(), 0)
+
+    terms = ("train/task/contrastive_loss", "train/task/norm_loss")
+    assert set(terms) <= set(logged) and set(terms) <= set(module.metric_names)
+    assert {"val/task/contrastive_loss", "val/task/norm_loss"} <= set(module.metric_names)
+    # The logged task total is the sum of the (already weighted) terms, and the total loss
+    # adds the weighted penalty to it: the module applies no second task weight.
+    torch.testing.assert_close(logged["train/task_loss"], logged[terms[0]] + logged[terms[1]])
+    torch.testing.assert_close(
+        loss, logged["train/task_loss"] + module.penalty.weight * logged["train/spec_diff"]
+    )
 
 
 def test_tasks_without_text_freeze_the_text_tower():
