@@ -1,8 +1,8 @@
 """Webdataset pipelines: resampled training streams, ordered evaluation passes, batches.
 
-Batches are dicts (see `collate`). Decoding and batching run inside the DataLoader workers,
-so the loader is built with `batch_size=None`. The stages come from `shard_sources` (which
-shards, in what order: seeded per rank, worker and epoch) and `samples` (tar reading,
+Batches are dicts (see `samples.collate`). Decoding and batching run inside the DataLoader
+workers, so the loader is built with `batch_size=None`. The stages come from `shard_sources`
+(which shards, in what order: seeded per rank, worker and epoch) and `samples` (tar reading,
 decoding, collation; corrupt data is counted and skipped).
 """
 

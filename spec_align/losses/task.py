@@ -22,7 +22,8 @@ class TaskLoss(nn.Module):
     """Base class: `bind` adapts the loss to the encoder, `forward` computes it.
 
     Args:
-        weight: multiplier of this term in the total loss, >= 0.
+        weight: multiplier of every term `forward` returns, >= 0 (the module adds the terms
+            to the total loss as they are).
 
     Attributes:
         term_names: the keys `forward` returns.
@@ -65,7 +66,7 @@ class ContrastiveLoss(TaskLoss):
     `ClipLoss` runs as on one process.
 
     Args:
-        weight: multiplier of this term in the total loss.
+        weight: multiplier of the returned term (see `TaskLoss`).
         max_logit_scale: upper bound of exp(logit_scale).
     """
 
@@ -112,7 +113,7 @@ class ClassificationLoss(TaskLoss):
 
     Args:
         num_classes: number of classes.
-        weight: multiplier of this term in the total loss.
+        weight: multiplier of the returned term (see `TaskLoss`).
     """
 
     term_names = ("classification_loss",)
