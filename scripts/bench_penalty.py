@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="measured steps per setting")
     parser.add_argument("--big-steps", type=int, default=2, help="steps for vit-b-32 on CPU")
     parser.add_argument(
-        "--big-settings", default="default", help="settings timed as full vit-b-32 CPU steps"
+        "--big-settings",
+        default="default",
+        help="settings timed as full vit-b-32 CPU steps ('': none, increment only)",
     )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rff-dim", type=int, default=2048, help="as conf/loss/gaussian.yaml")
@@ -251,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
             big_on_cpu = model != "tiny" and args.device == "cpu"
             steps = args.big_steps if big_on_cpu else args.steps
             warmup = 1 if big_on_cpu else args.warmup
-            for setting in args.big_settings.split(",") if big_on_cpu else settings:
+            chosen = [s for s in args.big_settings.split(",") if s] if big_on_cpu else settings
+            for setting in chosen:
                 row = bench_step(
                     model, setting, args.batch_size, steps, warmup, args.rff_dim, args.device
                 )
