@@ -304,8 +304,8 @@ class SpecAlignModule(LightningModule):
             labels=labels,
             logit_scale=getattr(self.encoder, "logit_scale", None),
         )
-        loss = _task_total(terms, z_all)
-        out = {"task_loss": loss, **{f"task/{name}": value for name, value in terms.items()}}
+        out = _task_values(terms, z_all)
+        loss = out["task_loss"]
         penalty = self.penalty
         if penalty is not None and (penalty.active(step) or not penalty.fitted):
             # The penalty's fit and solve reject NaN embeddings as bad samples: a diverged
@@ -384,9 +384,7 @@ class SpecAlignModule(LightningModule):
                 labels=labels,
                 logit_scale=getattr(self.encoder, "logit_scale", None),
             )
-            values = {"task_loss": _task_total(terms, z)}
-            values.update((f"task/{name}", value) for name, value in terms.items())
-            for name, value in values.items():
+            for name, value in _task_values(terms, z).items():
                 self.log(f"val/{name}", value, on_epoch=True, sync_dist=True, batch_size=size)
         self._collect_probe(batch, z, text)
 
@@ -575,9 +573,9 @@ def _freeze_text_tower(encoder: ImageEncoder) -> None:
             parameter.requires_grad_(False)
 
 
-def _task_total(terms: dict[str, Tensor], like: Tensor) -> Tensor:
-    """The task's weighted terms summed; a task without terms (task=none) gives a zero that
-    is still part of `like`'s graph, so a loss without a penalty step still has a backward."""
-    if not terms:
-        return like.sum() * 0.0
-    return torch.stack(list(terms.values())).sum()
+def _task_values(terms: dict[str, Tensor], like: Tensor) -> dict[str, Tensor]:
+    """The task's logged values: "task_loss", its weighted terms summed, and "task/<term>"
+    for each. A task without terms (task=none) gives a zero that is still part of `like`'s
+    graph, so a loss without a penalty step still has a backward."""
+    total = torch.stack(list(terms.values())).sum() if terms else like.sum() * 0.0
+    return {"task_loss": total, **{f"task/{name}": value for name, value in terms.items()}}
